@@ -1,0 +1,105 @@
+"""Registry of enhancement methods: one name -> one constructor -> one object with ``enhance``.
+
+Every method takes and returns the project's image type (float32, (H, W, 3), [0, 1]).
+Modules register their constructors with :func:`register_method`; callers use
+:func:`create_method` (a fresh object) or :func:`get_method` (one cached object per process,
+so model weights load once and are shared by every user of the app).
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+import warnings
+from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
+
+
+class Method(Protocol):
+    name: str
+    label: str
+
+    def enhance(self, image: np.ndarray, **options) -> np.ndarray: ...
+
+
+class UnknownMethodError(ValueError):
+    """The method name is not registered."""
+
+
+_REGISTRY: dict[str, Callable[..., Method]] = {}
+_INFO: dict[str, dict] = {}
+_CACHE: dict[str, Method] = {}
+_CACHE_LOCK = threading.Lock()
+
+# Modules that register methods when imported, in display order.
+_MODULES = ("dpe.methods.deep", "dpe.methods.classic", "dpe.methods.lime", "dpe.methods.dual")
+_loaded = False
+
+
+def register_method(name: str, *, label: str, kind: str, weights: str | None = None):
+    """Decorator recording ``factory`` under ``name``.
+
+    ``kind`` is "deep", "classic" or "reference"; ``weights`` names the weights file a deep
+    method needs (without extension), so ``python -m dpe methods`` can say whether it is present.
+    """
+
+    def decorator(factory: Callable[..., Method]) -> Callable[..., Method]:
+        if name in _REGISTRY:
+            warnings.warn(f"method {name!r} registered twice; keeping the newer one", stacklevel=2)
+        _REGISTRY[name] = factory
+        _INFO[name] = {"name": name, "label": label, "kind": kind, "weights": weights}
+        return factory
+
+    return decorator
+
+
+def _load_modules() -> None:
+    global _loaded
+    if _loaded:
+        return
+    for module in _MODULES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            # A method module that is not written yet must not break the others.
+            if exc.name != module:
+                raise
+    _loaded = True
+
+
+def list_methods(kind: str | None = None) -> list[str]:
+    """Registered method names in display order, optionally only those of one ``kind``."""
+    _load_modules()
+    return [n for n in _REGISTRY if kind is None or _INFO[n]["kind"] == kind]
+
+
+def method_info(name: str) -> dict:
+    """Name, label, kind and weights file of a registered method."""
+    _load_modules()
+    _check_name(name)
+    return dict(_INFO[name])
+
+
+def _check_name(name: str) -> None:
+    if name not in _REGISTRY:
+        known = ", ".join(_REGISTRY) or "none"
+        raise UnknownMethodError(f"unknown method {name!r}; registered methods: {known}.")
+
+
+def create_method(name: str, **kwargs) -> Method:
+    """Build a new method object (deep methods load their weights here)."""
+    _load_modules()
+    _check_name(name)
+    return _REGISTRY[name](**kwargs)
+
+
+def get_method(name: str) -> Method:
+    """The process-wide shared instance of ``name`` (built on first use)."""
+    _load_modules()
+    _check_name(name)
+    with _CACHE_LOCK:
+        if name not in _CACHE:
+            _CACHE[name] = create_method(name)
+        return _CACHE[name]
