@@ -30,12 +30,12 @@ def as_rgb_float(image: np.ndarray, *, name: str = "image") -> np.ndarray:
     elif np.issubdtype(arr.dtype, np.floating):
         arr = arr.astype(np.float32, copy=False)
         if not np.isfinite(arr).all():
-            raise ValueError(f"{name} contains NaN or infinite values; replace them before enhancing.")
+            raise ValueError(
+                f"{name} contains NaN or infinite values; replace them before enhancing."
+            )
         arr = np.clip(arr, 0.0, 1.0)
     else:
-        raise ValueError(
-            f"{name} has dtype {arr.dtype}; use uint8, uint16 or float in [0, 1]."
-        )
+        raise ValueError(f"{name} has dtype {arr.dtype}; use uint8, uint16 or float in [0, 1].")
     if arr.shape[2] == 1:
         arr = np.repeat(arr, 3, axis=2)
     return np.ascontiguousarray(arr, dtype=np.float32)

@@ -1,0 +1,98 @@
+"""Low-quality twins of clean images: the paper's degradation, and a clinical preset.
+
+``paper`` reproduces the official DPE training code: ColorJitter-style brightness and contrast
+with factors drawn from [0.1, 0.8] in random order, then faint non-negative noise.
+``clinical`` goes beyond the paper: mild optical blur, the same photometric loss, then sensor
+noise (Poisson shot noise plus zero-mean Gaussian read noise).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.ndimage import gaussian_filter
+
+from dpe._image import as_rgb_float
+
+PRESETS = ("paper", "clinical")
+
+FACTOR_RANGE = (0.1, 0.8)  # brightness and contrast factors (official code: ColorJitter)
+# Noise amplitude is drawn on the [-1, 1] scale as U[0, 0.1**1.5]; on [0, 1] that halves.
+PAPER_SIGMA_MAX = 0.1**1.5
+CLINICAL_BLUR_SIGMA = (0.0, 1.0)  # pixels
+CLINICAL_GAUSS_SIGMA = (0.0, 0.03)  # on [0, 1]
+CLINICAL_PHOTONS = (30.0, 1000.0)  # photons at full scale, log-uniform: lower is noisier
+
+# torchvision's rgb_to_grayscale weights, which ColorJitter's contrast uses for the mean
+_GRAY = np.array([0.2989, 0.587, 0.114], dtype=np.float32)
+
+
+def degrade(
+    image: np.ndarray,
+    preset: str = "paper",
+    seed: int | np.random.Generator | None = None,
+    *,
+    return_params: bool = False,
+):
+    """Return a low-quality version of ``image`` (float32 (H, W, 3) in [0, 1]).
+
+    The same ``seed`` always gives the same output. With ``return_params=True`` returns
+    ``(degraded, params)`` where ``params`` records every random draw.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> clean = np.full((8, 8, 3), 0.5, np.float32)
+    >>> low = degrade(clean, "paper", seed=0)
+    >>> bool(low.mean() < clean.mean())
+    True
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {PRESETS}; got {preset!r}.")
+    image = as_rgb_float(image)
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    if preset == "paper":
+        out, params = _paper(image, rng)
+    else:
+        out, params = _clinical(image, rng)
+    out = np.clip(out, 0.0, 1.0).astype(np.float32)
+    params["preset"] = preset
+    return (out, params) if return_params else out
+
+
+def _photometric(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+    brightness = float(rng.uniform(*FACTOR_RANGE))
+    contrast = float(rng.uniform(*FACTOR_RANGE))
+    order = ["brightness", "contrast"]
+    if rng.random() < 0.5:  # ColorJitter applies its transforms in a random permutation
+        order.reverse()
+    out = image
+    for step in order:
+        if step == "brightness":
+            out = np.clip(out * brightness, 0.0, 1.0)
+        else:
+            mean = float((out @ _GRAY).mean())
+            out = np.clip(contrast * out + (1.0 - contrast) * mean, 0.0, 1.0)
+    return out, {"brightness": brightness, "contrast": contrast, "order": order}
+
+
+def _paper(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+    out, params = _photometric(image, rng)
+    sigma = float(rng.uniform(0.0, PAPER_SIGMA_MAX))
+    # u * sigma with u ~ U[0, 1) per value, added on [-1, 1]: half that on [0, 1]
+    noise = rng.random(out.shape, dtype=np.float32) * (sigma / 2)
+    params["noise_sigma"] = sigma / 2
+    return out + noise, params
+
+
+def _clinical(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+    blur = float(rng.uniform(*CLINICAL_BLUR_SIGMA))
+    if blur > 0:
+        image = gaussian_filter(image, sigma=(blur, blur, 0), mode="reflect")
+    out, params = _photometric(image, rng)
+    lo, hi = np.log(CLINICAL_PHOTONS)
+    photons = float(np.exp(rng.uniform(lo, hi)))
+    out = rng.poisson(out * photons).astype(np.float32) / photons
+    gauss = float(rng.uniform(*CLINICAL_GAUSS_SIGMA))
+    out = out + rng.normal(0.0, gauss, out.shape).astype(np.float32)
+    params.update({"blur_sigma": blur, "photons": photons, "gauss_sigma": gauss})
+    return out, params

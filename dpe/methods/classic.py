@@ -1,0 +1,63 @@
+"""Cheap references every results table carries, so it says honestly what a deep model adds.
+
+``identity`` is the low-quality input as is; ``autocontrast`` is an image viewer's auto-level
+(1st-99th percentile of luminance stretched to [0, 1]); ``clahe`` is scikit-image's
+contrast-limited adaptive histogram equalisation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from skimage.exposure import equalize_adapthist
+
+from dpe._image import luminance
+from dpe.methods import register_method
+
+
+def autocontrast(image: np.ndarray, *, low: float = 1.0, high: float = 99.0) -> np.ndarray:
+    """Stretch the ``low``-``high`` percentile range of luminance to [0, 1], all channels alike."""
+    if not 0 <= low < high <= 100:
+        raise ValueError(f"need 0 <= low < high <= 100; got low={low}, high={high}.")
+    lo, hi = np.percentile(luminance(image), [low, high])
+    if hi - lo < 1e-6:  # a flat image has no range to stretch
+        return image.copy()
+    return np.clip((image - lo) / (hi - lo), 0, 1).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class _Function:
+    name: str
+    label: str
+    fn: object
+
+    def enhance(self, image: np.ndarray, **options) -> np.ndarray:
+        try:
+            out = self.fn(image, **options)
+        except TypeError as exc:  # an option this method does not have
+            raise ValueError(f"{self.name}: {exc}") from None
+        return np.asarray(out, dtype=np.float32)
+
+
+def _identity(image: np.ndarray) -> np.ndarray:
+    return image.copy()
+
+
+def _clahe(image: np.ndarray, *, clip_limit: float = 0.01) -> np.ndarray:
+    return equalize_adapthist(image, clip_limit=clip_limit).astype(np.float32)
+
+
+@register_method("identity", label="Input (no enhancement)", kind="reference")
+def identity() -> _Function:
+    return _Function("identity", "Input (no enhancement)", _identity)
+
+
+@register_method("autocontrast", label="Auto-contrast", kind="reference")
+def autocontrast_method() -> _Function:
+    return _Function("autocontrast", "Auto-contrast", autocontrast)
+
+
+@register_method("clahe", label="CLAHE", kind="reference")
+def clahe() -> _Function:
+    return _Function("clahe", "CLAHE", _clahe)

@@ -1,0 +1,100 @@
+import numpy as np
+import pytest
+import torch
+
+import dpe
+from dpe.methods import UnknownMethodError, create_method, list_methods, method_info
+from dpe.methods.deep import TorchMethod, run_tiled
+from dpe.nets.dpenet import DPENet
+from dpe.weights import WeightsNotFoundError, load_weights, save_weights
+
+
+@pytest.fixture
+def dark():
+    rng = np.random.default_rng(0)
+    return (rng.random((40, 56, 3)) * 0.3).astype(np.float32)
+
+
+def test_registry_lists_the_core_methods():
+    names = list_methods()
+    assert {"dpe", "dpe-s", "identity", "autocontrast", "clahe"} <= set(names)
+    assert method_info("dpe")["weights"] == "dpe"
+    assert set(list_methods("reference")) >= {"identity", "autocontrast", "clahe"}
+
+
+@pytest.mark.parametrize("name", ["identity", "autocontrast", "clahe"])
+def test_reference_methods_keep_the_image_type(dark, name):
+    out = dpe.enhance(dark, name)
+    assert out.dtype == np.float32 and out.shape == dark.shape
+    assert 0 <= out.min() and out.max() <= 1
+
+
+def test_autocontrast_stretches_and_handles_flat(dark):
+    out = dpe.enhance(dark, "autocontrast")
+    assert out.max() == 1.0 and out.min() == 0.0
+    flat = np.full((8, 8, 3), 0.2, np.float32)
+    np.testing.assert_array_equal(dpe.enhance(flat, "autocontrast"), flat)
+
+
+def test_enhance_accepts_grayscale_and_uint8():
+    gray = np.arange(64, dtype=np.uint8).reshape(8, 8) * 2
+    out = dpe.enhance(gray, "autocontrast")
+    assert out.shape == (8, 8, 3) and out.dtype == np.float32
+
+
+def test_unknown_method_and_option(dark):
+    with pytest.raises(UnknownMethodError, match="registered methods"):
+        dpe.enhance(dark, "nope")
+    with pytest.raises(ValueError, match="identity"):
+        dpe.enhance(dark, "identity", strength=3)
+
+
+def test_missing_weights_error_says_how_to_get_them(monkeypatch, tmp_path):
+    monkeypatch.setattr("dpe.weights.WEIGHTS_DIR", tmp_path)
+    monkeypatch.delenv("DPE_WEIGHTS_REPO", raising=False)
+    with pytest.raises(WeightsNotFoundError, match="python -m dpe.train"):
+        create_method("dpe")
+
+
+def test_hub_offline_falls_back_to_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setattr("dpe.weights.WEIGHTS_DIR", tmp_path)
+    monkeypatch.setenv("DPE_WEIGHTS_REPO", "someone/dpe-weights")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsNotFoundError, match="someone/dpe-weights"):
+        create_method("dpe-s")
+
+
+def test_weights_round_trip_fp16(monkeypatch, tmp_path):
+    torch.manual_seed(0)
+    net = DPENet(width=8)
+    save_weights(net.state_dict(), tmp_path / "dpe-s.safetensors", net.config_dict(), steps=3)
+    state, config, info = load_weights(tmp_path / "dpe-s.safetensors")
+    assert config == {"arch": "dpenet", "width": 8} and info == {"steps": 3}
+    assert all(v.dtype == torch.float32 for v in state.values())
+    monkeypatch.setattr("dpe.weights.WEIGHTS_DIR", tmp_path)
+    method = create_method("dpe-s")
+    img = np.random.default_rng(1).random((24, 40, 3)).astype(np.float32)
+    with torch.no_grad():
+        ref = net(torch.from_numpy(img).permute(2, 0, 1)[None])[0].permute(1, 2, 0).numpy()
+    # fp16 storage costs at most a few thousandths
+    assert np.abs(method.enhance(img) - ref).max() < 5e-3
+
+
+def test_tiled_equals_untiled_on_1200x900():
+    torch.manual_seed(0)
+    method = TorchMethod("t", "t", DPENet(width=16))
+    img = np.random.default_rng(0).random((900, 1200, 3)).astype(np.float32)
+    whole = method._forward(img)
+    tiled = method.enhance(img, tile=512)  # 3 x 2 tiles
+    assert np.abs(whole - tiled).max() < 1e-3
+    # 1.08 megapixels is above the threshold: the default path tiles as well
+    np.testing.assert_array_equal(method.enhance(img), tiled)
+
+
+def test_run_tiled_blends_without_seams():
+    # a position-independent function must come back exactly, whatever the tiling
+    img = np.random.default_rng(2).random((300, 260, 3)).astype(np.float32)
+    out = run_tiled(lambda p: p * 0.5, img, tile=128, overlap=32)
+    np.testing.assert_allclose(out, img * 0.5, atol=1e-6)
+    with pytest.raises(ValueError, match="overlap"):
+        run_tiled(lambda p: p, img, tile=64, overlap=64)
