@@ -1,0 +1,93 @@
+"""Blinded pairwise preference studies of enhancement methods: storage, design, analysis, export.
+
+No torch, Gradio or ``dpe`` here: enhancement reaches a study only through the
+``enhance_fn`` passed to :func:`create_study`.
+
+Typical use (the app does the same behind its pages)::
+
+    db = study.open_db()                                  # $DPE_DATA_DIR/study.db
+    sid = study.create_study(db, "Chest X-ray", images, ["dpe", "lime"], enhance_fn)
+    invite = study.invite_rater(db, sid, "Dr A", specialty="radiology")
+    rater = study.rater_by_token(db, invite.code)         # the code the rater types in
+    trial = study.next_trial(db, rater["id"])             # trial.as_dict() goes to the browser
+    study.record_vote(db, rater["id"], trial.trial_id, "left", response_ms=2300)
+"""
+
+from study.analysis import analyse, analyse_study, format_report, load_votes
+from study.create import (
+    SourceImage,
+    build_study,
+    close_study,
+    create_study,
+    find_images,
+    get_study,
+    list_studies,
+    new_study,
+    read_image,
+    stimulus_path,
+)
+from study.db import (
+    CHOICES,
+    SCHEMA_VERSION,
+    NotFoundError,
+    SchemaError,
+    StudyDB,
+    StudyError,
+    backup,
+    data_dir,
+    open_db,
+)
+from study.export import export_study
+from study.trials import (
+    InvalidInviteError,
+    Invite,
+    StudyNotOpenError,
+    Trial,
+    Vote,
+    VoteConflictError,
+    invite_rater,
+    next_trial,
+    progress,
+    rater_by_token,
+    rater_progress,
+    record_vote,
+)
+
+__all__ = [
+    "CHOICES",
+    "SCHEMA_VERSION",
+    "InvalidInviteError",
+    "Invite",
+    "NotFoundError",
+    "SchemaError",
+    "SourceImage",
+    "StudyDB",
+    "StudyError",
+    "StudyNotOpenError",
+    "Trial",
+    "Vote",
+    "VoteConflictError",
+    "analyse",
+    "analyse_study",
+    "backup",
+    "build_study",
+    "close_study",
+    "create_study",
+    "data_dir",
+    "export_study",
+    "find_images",
+    "format_report",
+    "get_study",
+    "invite_rater",
+    "list_studies",
+    "load_votes",
+    "new_study",
+    "next_trial",
+    "open_db",
+    "progress",
+    "rater_by_token",
+    "rater_progress",
+    "read_image",
+    "record_vote",
+    "stimulus_path",
+]

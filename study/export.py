@@ -1,0 +1,207 @@
+"""Exports researchers keep: CSV tables, a JSON report and a scrubbed database snapshot.
+
+Exports are pseudonymous: raters appear by pseudonym, and neither invite codes nor their
+hashes nor rater names leave the server. Text cells a spreadsheet would run as a formula
+are escaped.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import sqlite3
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+from study.analysis import N_BOOTSTRAP, analyse_study, load_votes, preference_share
+from study.create import get_study
+from study.db import StudyDB, StudyError, backup, log_event
+
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+VOTE_COLUMNS = [
+    "study",
+    "rater",
+    "rater_specialty",
+    "item",
+    "modality",
+    "method_left",
+    "method_right",
+    "choice",
+    "chosen_method",
+    "is_repeat",
+    "response_ms",
+    "timestamp",
+]
+TALLY_COLUMNS = [
+    "modality",
+    "method",
+    "label",
+    "comparisons",
+    "wins",
+    "ties",
+    "both_bad",
+    "losses",
+    "share",
+]
+PAIR_COLUMNS = [
+    "modality",
+    "method_a",
+    "method_b",
+    "votes",
+    "a_wins",
+    "b_wins",
+    "ties",
+    "both_bad",
+    "a_share",
+]
+RATING_COLUMNS = [
+    "modality",
+    "method",
+    "label",
+    "rank",
+    "share",
+    "bt",
+    "bt_lower",
+    "bt_upper",
+    "jod",
+    "jod_lower",
+    "jod_upper",
+    "comparisons",
+]
+RATER_COLUMNS = [
+    "rater",
+    "specialty",
+    "years_experience",
+    "created",
+    "trials",
+    "votes",
+    "repeat_pairs",
+    "flips",
+    "flip_rate",
+    "tournaments",
+    "circular_triads",
+    "zeta",
+    "loo_loglik",
+    "loo_agreement",
+    "outlier",
+    "median_response_ms",
+]
+
+
+def escape_cell(value):
+    """Text starting with = + - @ (or tab/CR) gets a leading quote so spreadsheets show it as text.
+
+    Numbers stay numbers: a negative score is data, not a formula.
+    """
+    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
+        return "'" + value
+    if isinstance(value, float) and math.isnan(value):
+        return ""
+    return value
+
+
+def write_csv(path: str | os.PathLike, rows: Iterable[Mapping], columns: Sequence[str]) -> Path:
+    """Write ``rows`` (dicts) with a header of ``columns``, every cell escaped."""
+    path = Path(path)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow([escape_cell(row.get(c)) for c in columns])
+    return path
+
+
+def export_study(
+    db: StudyDB,
+    study_id: str,
+    out_dir: str | os.PathLike,
+    *,
+    n_boot: int = N_BOOTSTRAP,
+    seed: int = 0,
+) -> dict[str, Path]:
+    """Write the CSV tables, report.json and a scrubbed study.db snapshot into ``out_dir``."""
+    study = get_study(db, study_id)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    snapshot = out / "study.db"
+    if snapshot.exists():
+        raise StudyError(f"{out} already holds an export; choose an empty folder.")
+    labels = {m["key"]: m["label"] for m in study["methods"]}
+    methods = list(labels)
+    votes = load_votes(db, study_id)
+    report = analyse_study(db, study_id, n_boot=n_boot, seed=seed)
+    written = {
+        "votes": write_csv(out / "votes.csv", votes.to_dict(orient="records"), VOTE_COLUMNS),
+        "tallies": write_csv(
+            out / "tallies.csv", _tally_rows(votes, methods, labels), TALLY_COLUMNS
+        ),
+        "pairwise": write_csv(out / "pairwise.csv", _section_rows(report, "pairs"), PAIR_COLUMNS),
+        "ratings": write_csv(
+            out / "ratings.csv",
+            _with_labels(_section_rows(report, "ratings"), labels),
+            RATING_COLUMNS,
+        ),
+        "raters": write_csv(out / "raters.csv", _rater_rows(db, study_id, report), RATER_COLUMNS),
+    }
+    written["report"] = out / "report.json"
+    written["report"].write_text(json.dumps(report, indent=2, allow_nan=False), encoding="utf-8")
+    written["database"] = _scrubbed_snapshot(db, snapshot)
+    log_event(db, study_id, "export_taken", json.dumps({"votes": int(len(votes))}))
+    return written
+
+
+def _sections(report: dict) -> list[tuple[str, dict]]:
+    return [("all", report["overall"]), *report["by_modality"].items()]
+
+
+def _section_rows(report: dict, key: str) -> list[dict]:
+    return [
+        {"modality": name, **row}
+        for name, section in _sections(report)
+        for row in section.get(key, [])
+    ]
+
+
+def _with_labels(rows: list[dict], labels: Mapping[str, str]) -> list[dict]:
+    return [{**row, "label": labels.get(row["method"], row["method"])} for row in rows]
+
+
+def _tally_rows(votes, methods: list[str], labels: Mapping[str, str]) -> list[dict]:
+    groups = [("all", votes)]
+    if votes["modality"].nunique() > 1:
+        groups += list(votes.groupby("modality"))
+    rows = []
+    for name, group in groups:
+        table = preference_share(group, methods).reset_index()
+        for row in table.to_dict(orient="records"):
+            rows.append({"modality": name, "label": labels[row["method"]], **row})
+    return rows
+
+
+def _rater_rows(db: StudyDB, study_id: str, report: dict) -> list[dict]:
+    quality = {row["rater"]: row for row in report["rater_quality"]}
+    raters = db.query(
+        """SELECT r.pseudonym AS rater, r.specialty, r.years_experience, r.created,
+                  count(t.id) AS trials
+           FROM raters r LEFT JOIN trials t ON t.rater = r.id
+           WHERE r.study = ? GROUP BY r.id ORDER BY r.id""",
+        [study_id],
+    )
+    return [{"votes": 0, **quality.get(r["rater"], {}), **r} for r in raters]
+
+
+def _scrubbed_snapshot(db: StudyDB, target: Path) -> Path:
+    """A ``VACUUM INTO`` snapshot with invite-code hashes and rater names removed."""
+    backup(db, target)
+    conn = sqlite3.connect(target, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=DELETE")
+        conn.execute("PRAGMA secure_delete=ON")
+        conn.execute("UPDATE raters SET token_hash = 'removed-' || id, display_name = pseudonym")
+        conn.execute("VACUUM")  # rewrite the file so no old page keeps the removed values
+    finally:
+        conn.close()
+    return target
