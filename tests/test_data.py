@@ -442,6 +442,7 @@ def test_example_images_open():
             im.load()
             assert min(im.size) >= 181
     import pydicom
+
     for p in EXAMPLES_DIR.rglob("*.dcm"):
         ds = pydicom.dcmread(p)
         assert ds.pixel_array.shape == (ds.Rows, ds.Columns)

