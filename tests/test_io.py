@@ -694,11 +694,12 @@ def test_shipped_encodings_decode_to_the_same_image(name):
 
 
 def test_shipped_colour_dicoms():
+    # pydicom's YBR test pattern: bands of red, green, blue, then grays; the RGB twin of this
+    # file (SC_rgb.dcm) is only in pydicom-data, which CI does not install
     ybr = _checked(load_image(_shipped("SC_ybr_full_422_uncompressed.dcm")))
-    rgb = _checked(load_image(_shipped("SC_rgb.dcm")))
     assert not ybr.was_grayscale and ybr.original_shape == (100, 100, 3)
-    assert np.abs(ybr.image - rgb.image).mean() < 0.02  # same test pattern, two encodings
-    assert_allclose(rgb.image[0, 0], [1, 0, 0])
+    assert_allclose(ybr.image[0, 0], [1, 0, 0], atol=0.01)
+    assert_allclose(ybr.image[50, 50], [0.5, 0.5, 1], atol=0.02)
 
 
 def test_shipped_palette_dicom():
