@@ -24,7 +24,8 @@ class ResidualBlock(nn.Module):
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv2(self.act(self.conv1(x)))
+        # in place on conv2's fresh output (autograd allows it): one full-size buffer less
+        return self.conv2(self.act(self.conv1(x))).add_(x)
 
 
 class GatedConv(nn.Module):
@@ -37,7 +38,7 @@ class GatedConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.pad(x, (1, 1, 1, 1), mode="reflect")
-        return F.leaky_relu(self.feature(x) * torch.sigmoid(self.gate(x)), 0.2)
+        return F.leaky_relu(self.feature(x) * torch.sigmoid(self.gate(x)), 0.2, inplace=True)
 
 
 class Down(nn.Module):
@@ -48,7 +49,7 @@ class Down(nn.Module):
         self.conv = nn.Conv2d(c_in, c_out, 3, stride=2, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.conv(x))
+        return F.relu(self.conv(x), inplace=True)
 
 
 class Up(nn.Module):
@@ -59,7 +60,7 @@ class Up(nn.Module):
         self.conv = nn.ConvTranspose2d(c_in, c_out, 2, stride=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.conv(x))
+        return F.relu(self.conv(x), inplace=True)
 
 
 @dataclass
@@ -108,7 +109,7 @@ class DPENet(nn.Module):
             feat = down(feat)  # (B, C_next, H/2, W/2)
         feat = self.bottleneck(feat)  # (B, 3w, H'/16, W'/16)
         for i, up in enumerate(self.up):
-            feat = up(feat) + skips[3 - i]
+            feat = up(feat) + skips[3 - i]  # not in place: ReLU backward needs its output
             if i < 3:
                 feat = self.dec[i](feat)
         out = torch.tanh(self.conv_out(feat) + x)  # (B, 3, H', W') in (-1, 1)
