@@ -1,139 +1,1058 @@
-"""Gradio front door: ``python app.py``. Wiring only; the logic lives in dpe/ and study/."""
+"""Gradio front door: ``python app.py``, then open http://127.0.0.1:7860.
+
+Three pages for three kinds of people:
+
+- ``/``         Enhance: visitors upload an image, run methods, compare, measure, download.
+- ``/study``    Study: experts join with an invite code and vote, blinded.
+- ``/results``  Results: researchers (with ``DPE_ADMIN_TOKEN``) watch, analyse, export, invite.
+
+The study is a page of its own, not a tab, because Gradio sends each page only its own
+components: the Enhance page's method list never reaches a rater's browser. This file is
+wiring: plain functions that turn widget values into library calls and back, then the layout
+and events of each page. Logic lives in ``dpe`` (pixels) and ``study`` (studies).
+"""
 
 from __future__ import annotations
 
+import atexit
+import hmac
 import logging
 import os
+import secrets
+import shutil
 import tempfile
+import threading
+import time
+import zipfile
+from functools import lru_cache
+from html import escape
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from huggingface_hub import CommitScheduler  # noqa: E402
 
 import dpe  # noqa: E402
-from dpe import demo  # noqa: E402
-from dpe.methods import list_methods, method_info  # noqa: E402
-from dpe.metrics import compare  # noqa: E402
-from dpe.weights import has_weights  # noqa: E402
+import study  # noqa: E402
+from dpe import demo as dd  # noqa: E402
+from dpe.degrade import PRESETS  # noqa: E402
+from dpe.methods import method_info  # noqa: E402
+from study.design import DESIGNS  # noqa: E402
 
 log = logging.getLogger("app")
-EXAMPLES_DIR = Path(__file__).parent / "examples"
+
+ROOT = Path(__file__).resolve().parent
+EXAMPLES_DIR = ROOT / "examples"
+TITLE = "Perceptual enhancement of medical images"
+KEEP_SECONDS = 1800  # uploads' decoded pixels and our output files live this long at most
+PRACTICE_TRIALS = 2
+PRACTICE_MODALITIES = ("dermatology", "microscopy")
+BACKUP_EVERY_MINUTES = 10
+# Process-wide scratch folder for downloads and exports; Gradio copies what it serves into its
+# own cache, which delete_cache sweeps, so ours is pruned on every call.
+OUTPUT_ROOT = Path(tempfile.gettempdir()) / f"dpe-app-{os.getpid()}"
+PRACTICE_DIR = Path(tempfile.gettempdir()) / f"dpe-practice-{os.getpid()}"
+for _folder in (OUTPUT_ROOT, PRACTICE_DIR):
+    atexit.register(shutil.rmtree, _folder, ignore_errors=True)
+
+# ================================================================ plain functions
+# ---------------------------------------------------------------- shared
 
 
-# ---------------------------------------------------------------- plain functions
+_DBS: dict[Path, study.StudyDB] = {}
+_DB_LOCK = threading.Lock()
 
 
-def _available_methods() -> list[tuple[str, str]]:
-    """(label, key) for every method whose weights, if it needs any, are present."""
-    choices = []
-    for name in list_methods():
-        info = method_info(name)
-        if info["weights"] and not has_weights(info["weights"]):
-            continue
-        choices.append((info["label"], name))
-    return choices
+def _db() -> study.StudyDB:
+    """The study database under ``$DPE_DATA_DIR``, opened once per process (and per folder)."""
+    path = (study.data_dir() / "study.db").resolve()
+    with _DB_LOCK:
+        if path not in _DBS:
+            _DBS[path] = study.open_db(path)
+        return _DBS[path]
 
 
 def _to_uint8(image: np.ndarray) -> np.ndarray:
     return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
-def _load(path: str | None, what: str) -> np.ndarray:
+def _output_dir() -> Path:
+    """A fresh folder for one response's files; folders older than KEEP_SECONDS are removed."""
+    dd.prune_old(OUTPUT_ROOT, KEEP_SECONDS)
+    OUTPUT_ROOT.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(dir=OUTPUT_ROOT))
+
+
+def _discard_upload(path: str | None) -> None:
+    """Delete an uploaded file once read, so uploads are not kept after the response.
+
+    Only files inside Gradio's upload folder are touched (never an example or a user's path).
+    """
     if not path:
-        raise gr.Error(f"Upload {what} first.")
+        return
+    upload_root = Path(gr.utils.get_upload_folder()).resolve()
+    file = Path(path).resolve()
+    if upload_root not in file.parents:
+        return
+    file.unlink(missing_ok=True)
     try:
-        return dpe.load_image(path).image
+        file.parent.rmdir()  # Gradio keeps each upload in a folder of its own
+    except OSError:
+        pass
+
+
+# ---------------------------------------------------------------- Enhance page
+
+
+def method_choices() -> gr.CheckboxGroup:
+    """The methods that can run now (re-read on every page load, so new weights appear)."""
+    choices = dd.available_methods()
+    return gr.CheckboxGroup(choices=choices, value=dd.default_methods([k for _, k in choices]))
+
+
+def _prepare(path: str, what: str) -> dd.Prepared:
+    try:
+        return dd.prepare(path)
     except ValueError as exc:
         raise gr.Error(f"Could not read {what}: {exc}") from None
+    finally:
+        _discard_upload(path)
 
 
-def enhance_upload(path, methods, simulate, preset, seed, reference_path):
-    """Enhance one upload with the chosen methods; returns slider, gallery, table, files, notes."""
-    image = _load(path, "an image")
-    notes = []
-    image, note = demo.fit_megapixels(image, demo.max_megapixels())
-    if note:
-        notes.append(note)
-    reference = None
-    if simulate:
-        reference = image
-        image, params = demo.simulate(image, preset, seed)
+def load_upload(path: str | None):
+    """Decode an upload once, keep its pixels in the session, delete the file, show a preview."""
+    if not path:
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+    prepared = _prepare(path, "this file")
+    return prepared, None, _to_uint8(prepared.image), "\n\n".join(prepared.notes), None
+
+
+def load_reference(path: str | None):
+    """Decode the optional clean reference the same way; the upload itself is deleted."""
+    if not path:
+        return gr.skip(), gr.skip(), gr.skip()
+    prepared = _prepare(path, "the reference")
+    return prepared, f"Reference loaded: **{prepared.name}**; metrics will use it.", None
+
+
+def load_example(evt: gr.SelectData):
+    """Load the example the visitor clicked in the gallery."""
+    example = EXAMPLES[evt.index]
+    prepared = dd.prepare(example.path)
+    return prepared, None, _to_uint8(prepared.image), "\n\n".join(prepared.notes)
+
+
+def enhance(
+    image: str | None,
+    methods: list[str],
+    simulate: bool,
+    preset: str,
+    seed: float,
+    reference: str | None,
+    loaded: dd.Prepared | None = None,
+    loaded_reference: dd.Prepared | None = None,
+):
+    """Enhance an image with each chosen method.
+
+    The public ``/enhance`` endpoint. ``image`` and ``reference`` are files (the page sends
+    none and uses what it already decoded). With ``simulate``, the image is first degraded with
+    ``preset`` and ``seed`` and every method is scored against it. Returns the before/after
+    pair, the gallery, the timing-and-metrics table, lossless PNG files and notes.
+    """
+    prepared = _prepare(image, "the image") if image else loaded
+    if prepared is None:
+        raise gr.Error("Upload an image first, or click one of the examples.")
+    ref = _prepare(reference, "the reference") if reference else loaded_reference
+    notes = list(prepared.notes)
+    if ref is not None and simulate:
         notes.append(
-            f"Simulated a low-quality acquisition ({preset}, seed {int(seed)}): brightness "
-            f"×{params['brightness']:.2f}, contrast ×{params['contrast']:.2f}."
+            "The reference is not used while simulating: the clean image is the reference."
         )
-    elif reference_path:
-        reference, _ = demo.fit_megapixels(_load(reference_path, "the reference"), 1e9)
-        if reference.shape != image.shape:
-            raise gr.Error("The reference must have the same size as the image.")
     try:
-        results = demo.run_methods(image, list(methods or []), reference=reference)
+        enhanced = dd.enhance_prepared(
+            prepared.image,
+            list(methods or []),
+            simulate_preset=preset if simulate else None,
+            seed=int(seed or 0),
+            reference=None if simulate or ref is None else ref.image,
+        )
     except ValueError as exc:
         raise gr.Error(str(exc)) from None
-    rows, gallery, files = [], [], []
-    out_dir = Path(tempfile.mkdtemp(prefix="dpe-"))
-    if reference is not None:
-        rows.append(
-            ["Low-quality input", "-", *(round(v, 3) for v in compare(reference, image).values())]
-        )
-    for r in results:
-        if r.error:
-            notes.append(f"{r.label}: {r.error}")
-            continue
-        gallery.append((_to_uint8(r.image), f"{r.label} · {r.seconds:.2f} s"))
-        target = out_dir / f"{Path(path).stem}_{r.method}.png"
-        dpe.save_image(r.image, target)
-        files.append(str(target))
-        metrics = [round(v, 3) for v in r.metrics.values()] if r.metrics else ["-", "-", "-"]
-        rows.append([r.label, round(r.seconds, 3), *metrics])
-    first = next((r for r in results if r.image is not None), None)
-    slider = (_to_uint8(image), _to_uint8(first.image)) if first else None
-    return slider, gallery, rows, files, "\n\n".join(notes)
+    notes += enhanced.notes
+    files = dd.write_results(enhanced, _output_dir(), prepared.name, bits=prepared.bit_depth)
+    shown = [r for r in enhanced.results if r.image is not None]
+    gallery = [(_to_uint8(enhanced.input), "Low-quality input" if simulate else "Input")]
+    if simulate:
+        gallery.append((_to_uint8(enhanced.reference), "Clean original"))
+    gallery += [(_to_uint8(r.image), f"{r.label} · {r.seconds:.2f} s") for r in shown]
+    slider = (_to_uint8(enhanced.input), _to_uint8(shown[0].image)) if shown else None
+    table = pd.DataFrame(dd.metrics_rows(enhanced), columns=dd.METRIC_HEADERS)
+    return slider, gallery, table, [str(f) for f in files], "\n\n".join(notes)
 
 
-# ---------------------------------------------------------------- layout
+# ---------------------------------------------------------------- Study page
+# A rater's session is a dict kept server-side in gr.State: rater and study ids, the practice
+# pairs still to do, and what is on screen now. Only images (under random names), progress
+# and the study's own title and instructions are sent to the browser.
 
-with gr.Blocks(title="DPE: perceptual enhancement of medical images") as demo_app:
-    gr.Markdown(
-        "# Deep perceptual enhancement for medical images\n"
-        "Upload a radiology, dermatology or microscopy image (PNG, JPEG, 16-bit TIFF, DICOM)."
+STUDY_HELP = (
+    "Each screen shows two versions, **A** and **B**, of the same image, made from the small "
+    "low-quality source above them. Choose the one you would rather read for diagnosis: "
+    "**A is better** (key `1` or `←`), **B is better** (`2` or `→`), **Tie** (`3`) or "
+    "**Both unacceptable** (`4`). Look as long as you need; the time is recorded but there is "
+    f"no limit. The first {PRACTICE_TRIALS} screens are practice and are not scored. "
+    "**Pause** any time: your answers are saved, and the same code brings you back to where "
+    "you stopped, on any device."
+)
+
+
+@lru_cache(maxsize=1)
+def _practice() -> tuple[tuple[str, str, str], ...]:
+    """Practice pairs, made once per process from two examples (random file names)."""
+    picks = [next(e.path for e in EXAMPLES if e.modality == m) for m in PRACTICE_MODALITIES]
+    pairs = dd.practice_pairs(picks[:PRACTICE_TRIALS], PRACTICE_DIR, seed=7)
+    return tuple((str(p.source), str(p.left), str(p.right)) for p in pairs)
+
+
+def _trial_source(db: study.StudyDB, trial_id: int) -> Path | None:
+    # study.Trial carries only the two candidates; the low-quality input is looked up here.
+    rows = db.query(
+        "SELECT i.study, i.input_name FROM trials t JOIN items i ON i.id = t.item WHERE t.id = ?",
+        [trial_id],
     )
-    with gr.Tab("Enhance"):
-        with gr.Row():
-            with gr.Column():
-                upload = gr.File(label="Image", file_types=None, type="filepath")
-                choices = _available_methods()
-                methods = gr.CheckboxGroup(
-                    choices=choices,
-                    value=[k for _, k in choices if k == "dpe"] or [choices[0][1]],
-                    label="Methods",
+    return db.media_root / rows[0]["study"] / rows[0]["input_name"] if rows else None
+
+
+def _next_screen(db: study.StudyDB, session: dict) -> dict:
+    """The session with its next screen: a practice pair, the next trial, or None when done.
+
+    Each screen gets a fresh random ``screen`` token; the browser sends it back with an answer,
+    so an answer can only ever count for the screen the rater was looking at.
+    """
+    practice = session["practice"]
+    if practice:
+        source, left, right = practice[0]
+        done = PRACTICE_TRIALS - len(practice)
+        current = {"kind": "practice", "source": source, "left": left, "right": right}
+        current |= {"done": done, "total": PRACTICE_TRIALS}
+    else:
+        trial = study.next_trial(db, session["rater"])
+        current = None
+        if trial is not None:
+            source = _trial_source(db, trial.trial_id) if session["show_source"] else None
+            current = {
+                "kind": "trial",
+                "trial_id": trial.trial_id,
+                "source": str(source) if source else None,
+                "left": str(study.stimulus_path(db, trial.left)),
+                "right": str(study.stimulus_path(db, trial.right)),
+                "done": trial.done,
+                "total": trial.total,
+            }
+    screen = secrets.token_hex(8)
+    return {**session, "current": current, "screen": screen, "served_at": time.monotonic()}
+
+
+def _progress_html(current: dict) -> str:
+    done, total = current["done"], current["total"]
+    if current["kind"] == "practice":
+        label = f"Practice {done + 1} of {total}: not scored"
+    else:
+        label = f"Trial {done + 1} of {total}"
+    return (
+        f'<div class="study-progress"><progress max="{total}" value="{done}"></progress>'
+        f'<span id="study-progress-label">{label}</span></div>'
+    )
+
+
+def _study_view(session: dict | None, screen: str, message: str = "", *, enabled=True) -> tuple:
+    """Updates for every study widget between the session and the remembered code (see
+    STUDY_OUTPUTS), for the "join", "trial", "paused" or "done" screen."""
+    current = (session or {}).get("current")
+    if screen == "trial" and current:
+        header = f"### {escape(session['title'])}\n\n{session['instructions']}"
+        images = (current["source"], current["left"], current["right"])
+        progress = _progress_html(current)
+    else:
+        header, images, progress = "", (None, None, None), ""
+    return (
+        (session or {}).get("screen", ""),
+        *(gr.Column(visible=screen == name) for name in ("join", "trial", "paused", "done")),
+        message,
+        header,
+        progress,
+        gr.Image(value=images[0], visible=images[0] is not None),
+        images[1],
+        images[2],
+        *(gr.Button(interactive=enabled) for _ in range(5)),
+    )
+
+
+def _show(session: dict, *, enabled: bool = True, remembered=None) -> tuple:
+    remembered = gr.skip() if remembered is None else remembered
+    if session["current"] is None:
+        left = study.rater_progress(_db(), session["rater"])
+        if left["done"] < left["total"]:
+            thanks = "The study team has closed this study. Your answers are saved; thank you!"
+        else:
+            thanks = "You have answered every trial. Thank you! You can close this tab."
+        return session, *_study_view(session, "done", thanks), remembered
+    return session, *_study_view(session, "trial", enabled=enabled), remembered
+
+
+def restore_code(remembered: str | None):
+    """On page load: fill in the invite code this browser remembered, if any."""
+    if not remembered:
+        return gr.skip(), ""
+    return remembered, "Welcome back. Press **Start** to continue where you stopped."
+
+
+def join_study(code: str):
+    """Sign a rater in with their invite code and show practice or their next trial."""
+    code = (code or "").strip()
+    if not code:
+        raise gr.Error("Enter the invite code the study team gave you.")
+    db = _db()
+    try:
+        rater = study.rater_by_token(db, code)
+        info = study.get_study(db, rater["study"])
+        done = study.rater_progress(db, rater["id"])["done"]
+    except study.StudyError as exc:
+        raise gr.Error(str(exc)) from None
+    if info["status"] != "open":
+        raise gr.Error("This study is not taking votes at the moment; the study team can say when.")
+    session = {
+        "rater": rater["id"],
+        "title": info["title"],
+        "instructions": info["instructions"] or "",
+        "show_source": bool(info["settings"].get("show_source", True)),
+        "practice": _practice() if done == 0 else (),
+    }
+    return _show(_next_screen(db, session), remembered=code)
+
+
+def vote(session: dict | None, screen: str | None, choice: str):
+    """Record ``choice`` for the screen the browser showed (``screen``), then show the next.
+
+    Practice answers are not recorded. An answer for a screen that is no longer current (a
+    second click racing the first) changes nothing. The buttons come back disabled; the
+    event that follows enables them once the new screen is on display.
+    """
+    if not session:
+        raise gr.Error("Your session has ended; enter your invite code again to continue.")
+    if screen != session["screen"] or session["current"] is None:
+        return _show(session, enabled=False)
+    current = session["current"]
+    db = _db()
+    if current["kind"] == "trial":
+        elapsed = int((time.monotonic() - session["served_at"]) * 1000)
+        try:
+            study.record_vote(
+                db, session["rater"], current["trial_id"], choice, response_ms=elapsed
+            )
+        except study.VoteConflictError:
+            pass  # answered meanwhile from another tab: the first answer stands
+        except study.StudyError as exc:
+            raise gr.Error(str(exc)) from None
+    else:
+        session = {**session, "practice": session["practice"][1:]}
+    return _show(_next_screen(db, session), enabled=False)
+
+
+def _voter(choice: str):
+    def record(session: dict | None, screen: str | None):
+        return vote(session, screen, choice)
+
+    record.__name__ = f"vote_{choice}"
+    return record
+
+
+def enable_answers():
+    """Enable the answer buttons once a screen is on display."""
+    return tuple(gr.Button(interactive=True) for _ in range(5))
+
+
+def pause(session: dict | None):
+    """Hide the images; votes so far are already stored."""
+    return session, *_study_view(session, "paused"), gr.skip()
+
+
+def resume(session: dict | None):
+    """Continue with the trial that was on screen when the rater paused."""
+    if not session:
+        return None, *_study_view(None, "join", "Enter your invite code to continue."), gr.skip()
+    return _show(_next_screen(_db(), session))
+
+
+def forget_me():
+    """Sign out on this device: the browser forgets the code."""
+    return None, *_study_view(None, "join", "Signed out on this device."), None
+
+
+# ---------------------------------------------------------------- Results page
+
+ADMIN_OFF = (
+    "The results page is switched off on this server. To switch it on, set the environment "
+    "variable `DPE_ADMIN_TOKEN` to a long random secret and restart the app (on a Hugging Face "
+    "Space: *Settings → Variables and secrets → New secret*), then enter that secret here."
+)
+
+
+def _require_admin(token: str | None) -> None:
+    # Checked on every researcher call: private endpoints can still be called over HTTP.
+    expected = os.environ.get("DPE_ADMIN_TOKEN", "")
+    if not expected:
+        raise gr.Error(ADMIN_OFF)
+    if not hmac.compare_digest(str(token or "").encode(), expected.encode()):
+        raise gr.Error("That admin token is not right.")
+
+
+def results_intro():
+    """On page load: either ask for the token or say how to switch the page on."""
+    if os.environ.get("DPE_ADMIN_TOKEN"):
+        return "Enter the admin token (`DPE_ADMIN_TOKEN`) to see results.", gr.Row(visible=True)
+    return ADMIN_OFF, gr.Row(visible=False)
+
+
+def _study_choices() -> list[tuple[str, str]]:
+    return [
+        (f"{s['title']} ({s['id']}, {s['status']})", s["id"]) for s in study.list_studies(_db())
+    ]
+
+
+def open_results(token: str):
+    """Check the token, then show the researcher views with the newest study selected."""
+    _require_admin(token)
+    studies = _study_choices()
+    return (
+        gr.Column(visible=True),
+        gr.Dropdown(choices=studies, value=studies[0][1] if studies else None),
+        method_choices(),
+        "",
+    )
+
+
+def refresh_studies(token: str, current: str | None):
+    """Re-read the list of studies, keeping the selection."""
+    _require_admin(token)
+    studies = _study_choices()
+    keep = current if current in {k for _, k in studies} else (studies[0][1] if studies else None)
+    return gr.Dropdown(choices=studies, value=keep)
+
+
+# Typed even when empty: a plot first drawn from untyped columns never draws bars later.
+EMPTY_SHARE = pd.DataFrame(
+    {"method": pd.Series([], dtype=str), "share": pd.Series([], dtype=float)}
+)
+
+
+def show_results(token: str, study_id: str | None):
+    """Status, preference shares, Bradley–Terry scores, win matrix, modalities, rater quality."""
+    _require_admin(token)
+    if not study_id:
+        return ("No study yet: create one below.", None, EMPTY_SHARE, None, "", None, None)
+    db = _db()
+    try:
+        status = study.progress(db, study_id)
+        report = study.analyse_study(db, study_id)
+    except study.StudyError as exc:
+        raise gr.Error(str(exc)) from None
+    labels = report["study"]["labels"]
+    return (
+        _status_markdown(status, report),
+        _raters_frame(status),
+        _share_frame(report["overall"], labels),
+        _ratings_frame([("all", report["overall"])], labels),
+        _win_matrix_html(report["overall"], report["methods"], labels),
+        _ratings_frame(list(report["by_modality"].items()), labels),
+        _quality_frame(report["rater_quality"]),
+    )
+
+
+def _status_markdown(status: dict, report: dict) -> str:
+    raters = status["raters"]
+    planned = sum(r["total"] for r in raters)
+    complete = sum(1 for r in raters if r["total"] and r["done"] >= r["total"])
+    share = f"{status['votes'] / planned:.0%}" if planned else "-"
+    agreement = report["overall"].get("agreement") or {}
+    alpha = agreement.get("krippendorff_alpha")
+    alpha_text = f"{alpha:.2f}" if isinstance(alpha, float) and np.isfinite(alpha) else "-"
+    return (
+        f"### {escape(status['title'])} ({status['study']})\n"
+        f"**{status['status']}**, {status['design']} design, {status['items']} images × "
+        f"{len(status['methods'])} methods ({status['stimuli']} stimuli). "
+        f"**{status['votes']}** votes of {planned} planned ({share}) from {len(raters)} raters, "
+        f"{complete} finished. Krippendorff's α {alpha_text}. Intervals are 95%, from "
+        f"{report['n_bootstrap']} rater resamples."
+    )
+
+
+def _raters_frame(status: dict) -> pd.DataFrame:
+    rows = [
+        [r["pseudonym"], r["specialty"] or "-", r["done"], r["total"], r["last_seen"] or "never"]
+        for r in status["raters"]
+    ]
+    return pd.DataFrame(rows, columns=["Rater", "Specialty", "Votes", "Planned", "Last seen"])
+
+
+def _share_frame(section: dict, labels: dict) -> pd.DataFrame:
+    rows = [(labels.get(r["method"], r["method"]), r["share"]) for r in section.get("ratings", [])]
+    frame = pd.DataFrame(rows, columns=["method", "share"]).astype(EMPTY_SHARE.dtypes.to_dict())
+    return frame.sort_values("share", ascending=False)
+
+
+def _interval(value, lower, upper) -> str:
+    if value is None:
+        return "-"
+    if lower is None or upper is None:
+        return f"{value:+.2f}"
+    return f"{value:+.2f} [{lower:+.2f}, {upper:+.2f}]"
+
+
+def _ratings_frame(sections: list[tuple[str, dict]], labels: dict) -> pd.DataFrame:
+    rows = []
+    for name, section in sections:
+        for r in sorted(section.get("ratings", []), key=lambda r: (r["rank"], -r["bt"])):
+            rows.append(
+                [
+                    name,
+                    r["rank"],
+                    labels.get(r["method"], r["method"]),
+                    None if r["share"] is None else round(r["share"], 3),
+                    _interval(r["bt"], r["bt_lower"], r["bt_upper"]),
+                    _interval(r["jod"], r["jod_lower"], r["jod_upper"]),
+                    r["comparisons"],
+                ]
+            )
+    columns = ["Images", "Rank", "Method", "Share", "BT [95% CI]", "JOD [95% CI]", "Comparisons"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _win_matrix_html(section: dict, methods: list[str], labels: dict) -> str:
+    """Row method preferred over column method, as a share of their votes, shaded like a heatmap."""
+    share = {}
+    for p in section.get("pairs", []):
+        if p["votes"]:
+            share[p["method_a"], p["method_b"]] = (p["a_share"], p["votes"])
+            share[p["method_b"], p["method_a"]] = (1 - p["a_share"], p["votes"])
+    head = "".join(f"<th>{escape(labels.get(m, m))}</th>" for m in methods)
+    body = []
+    for a in methods:
+        cells = []
+        for b in methods:
+            if (a, b) not in share:
+                cells.append('<td class="empty">-</td>')
+                continue
+            value, n = share[a, b]
+            # 0 -> red, 0.5 -> white, 1 -> green; opacity carries the distance from a draw.
+            colour = "22,163,74" if value >= 0.5 else "220,38,38"
+            alpha = abs(value - 0.5) * 2
+            cells.append(
+                f'<td style="background: rgba({colour},{alpha:.2f})" title="{n} votes">'
+                f"{value:.0%}</td>"
+            )
+        body.append(f"<tr><th>{escape(labels.get(a, a))}</th>{''.join(cells)}</tr>")
+    return (
+        '<table class="win-matrix"><caption>How often the row method was preferred to the '
+        "column method (ties count half)</caption>"
+        f"<tr><th></th>{head}</tr>{''.join(body)}</table>"
+    )
+
+
+QUALITY_COLUMNS = {
+    "rater": "Rater",
+    "votes": "Votes",
+    "repeat_pairs": "Repeats",
+    "flip_rate": "Flip rate",
+    "circular_triads": "Circular triads",
+    "zeta": "Consistency ζ",
+    "loo_loglik": "LOO log-lik",
+    "outlier": "Outlier",
+    "median_response_ms": "Median ms",
+}
+
+
+def _quality_frame(rows: list[dict]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=list(QUALITY_COLUMNS))
+    return frame.rename(columns=QUALITY_COLUMNS).round(3)
+
+
+def export_results(token: str, study_id: str | None) -> str:
+    """One zip of what ``python -m study export`` writes: CSV tables, report.json, study.db."""
+    _require_admin(token)
+    if not study_id:
+        raise gr.Error("Choose a study to export.")
+    out = _output_dir()
+    try:
+        written = study.export_study(_db(), study_id, out / "export")
+    except study.StudyError as exc:
+        raise gr.Error(str(exc)) from None
+    archive = out / f"study-{study_id}-export.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in written.values():
+            zf.write(path, f"study-{study_id}/{path.name}")
+    shutil.rmtree(out / "export", ignore_errors=True)
+    return str(archive)
+
+
+def create_study(
+    token: str,
+    title: str,
+    instructions: str,
+    methods: list[str],
+    files: list[str] | None,
+    modality: str,
+    use_examples: bool,
+    preset: str,
+    seed: float,
+    design: str,
+    repeat_fraction: float,
+    show_source: bool,
+    progress=gr.Progress(),  # noqa: B008 (Gradio injects the tracker through this default)
+):
+    """Enhance the images with every chosen method, store them blinded and open the study."""
+    _require_admin(token)
+    if use_examples:
+        images = study.find_images(EXAMPLES_DIR)
+    elif files:
+        label = (modality or "").strip() or "unspecified"
+        images = [study.SourceImage(Path(f), label) for f in files]
+    else:
+        raise gr.Error("Upload the study's images, or tick 'Use the example images'.")
+    degraded = preset in PRESETS
+    try:
+        study_id = study.create_study(
+            _db(),
+            title,
+            images,
+            list(methods or []),
+            lambda image, method: dpe.enhance(image, method),
+            instructions=instructions or "",
+            labels={m: method_info(m)["label"] for m in methods or []},
+            design=design,
+            repeat_fraction=float(repeat_fraction),
+            degrade_fn=(lambda image, s: dpe.degrade(image, preset, seed=s)) if degraded else None,
+            seed=int(seed or 0),
+            read_fn=lambda path: dd.prepare(path).image,
+            settings={
+                "show_source": bool(show_source),
+                "degrade_preset": preset if degraded else None,
+            },
+            progress=lambda done, total: progress((done, total), desc="Enhancing", unit="images"),
+        )
+    except ValueError as exc:
+        raise gr.Error(str(exc)) from None
+    finally:
+        for f in files or []:
+            _discard_upload(f)
+    message = f"Study **{study_id}** is open with {len(images)} images. Invite raters below."
+    return message, gr.Dropdown(choices=_study_choices(), value=study_id)
+
+
+def invite(token: str, study_id: str | None, name: str, specialty: str, years: float | None):
+    """Add a rater; their invite code is shown here once and stored only as a hash."""
+    _require_admin(token)
+    if not study_id:
+        raise gr.Error("Choose a study first.")
+    try:
+        new = study.invite_rater(
+            _db(),
+            study_id,
+            name,
+            specialty=specialty or "",
+            years_experience=None if years in (None, "") else int(years),
+        )
+    except ValueError as exc:
+        raise gr.Error(str(exc)) from None
+    message = (
+        f"Rater **{new.pseudonym}** invited. Give them this code (it is shown only once); they "
+        "join on the **Study** page."
+    )
+    return new.code, message
+
+
+def close_selected(token: str, study_id: str | None):
+    """Stop a study taking votes."""
+    _require_admin(token)
+    if not study_id:
+        raise gr.Error("Choose a study first.")
+    try:
+        study.close_study(_db(), study_id)
+    except study.StudyError as exc:
+        raise gr.Error(str(exc)) from None
+    return gr.Dropdown(choices=_study_choices(), value=study_id)
+
+
+# ---------------------------------------------------------------- hosting: backups
+
+
+class SnapshotScheduler(CommitScheduler):
+    """Every few minutes, upload a ``VACUUM INTO`` snapshot of the study database to the Hub.
+
+    The live database (and its WAL file) is never uploaded: only ``snapshot/study.db``, a
+    consistent single-file copy rewritten before each commit.
+    """
+
+    def push_to_hub(self):
+        with self.lock:
+            write_snapshot(self.folder_path / "study.db")
+        return super().push_to_hub()
+
+
+def write_snapshot(target: Path) -> Path:
+    """Replace ``target`` with a fresh consistent copy of the study database."""
+    partial = target.with_name(target.name + ".partial")
+    partial.unlink(missing_ok=True)
+    study.backup(_db(), partial)
+    os.replace(partial, target)
+    return target
+
+
+def start_backup() -> SnapshotScheduler | None:
+    """Back the study up to ``DPE_BACKUP_REPO`` when it and ``HF_TOKEN`` are set; else None."""
+    token, repo = os.environ.get("HF_TOKEN"), os.environ.get("DPE_BACKUP_REPO")
+    if not (token and repo):
+        return None
+    try:
+        return SnapshotScheduler(
+            repo_id=repo,
+            repo_type="dataset",
+            folder_path=study.data_dir() / "snapshot",
+            path_in_repo="snapshot",
+            every=BACKUP_EVERY_MINUTES,
+            private=True,
+            token=token,
+            allow_patterns=["*.db"],
+        )
+    except Exception as exc:  # offline or no access: the app must still start
+        log.warning("study backups to %s are off: %s", repo, exc)
+        return None
+
+
+# ================================================================ layout and wiring
+# Each page's events are wired inside its own `with` block: Gradio assigns an event to the
+# page that is open when the event is created, and sends a page only its own events.
+
+KEYBOARD_JS = """
+<script>
+document.addEventListener("keydown", (event) => {
+  const target = event.target;
+  if (event.altKey || event.ctrlKey || event.metaKey || event.repeat) return;
+  if (target && (target.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(target.tagName))) {
+    return;
+  }
+  const ids = {"1": "vote-a", ArrowLeft: "vote-a", "2": "vote-b", ArrowRight: "vote-b",
+               "3": "vote-tie", "4": "vote-bad"};
+  const button = ids[event.key] && document.getElementById(ids[event.key]);
+  if (!button || button.disabled || button.offsetParent === null) return;
+  event.preventDefault();
+  button.click();
+});
+</script>
+"""
+
+# Runs in the browser when an answer is given, before the request leaves: later clicks and
+# key presses find the buttons disabled. Passes the event's two inputs through unchanged.
+DISABLE_VOTES_JS = """(session, screen) => {
+  for (const id of ["vote-a", "vote-b", "vote-tie", "vote-bad", "study-pause"]) {
+    const button = document.getElementById(id);
+    if (button) button.disabled = true;
+  }
+  return [session, screen];
+}"""
+
+CSS = """
+.study-progress { display: flex; gap: 1em; align-items: center; }
+.study-progress progress { flex: 1; height: 0.8em; }
+#image-a img, #image-b img { width: 100%; height: 100%; object-fit: contain; }
+.win-matrix { border-collapse: collapse; }
+.win-matrix th, .win-matrix td {
+  padding: 0.4em 0.8em; border: 1px solid #d4d4d8; text-align: center;
+}
+.win-matrix caption { caption-side: bottom; font-size: 0.9em; padding-top: 0.4em; }
+"""
+
+# Gradio's own bundled fonts, so a page never asks a font CDN for anything.
+THEME = gr.themes.Default(
+    primary_hue="teal",
+    font=[gr.themes.LocalFont("Source Sans Pro"), "ui-sans-serif", "system-ui", "sans-serif"],
+    font_mono=[gr.themes.LocalFont("IBM Plex Mono"), "ui-monospace", "monospace"],
+)
+
+LAUNCH_OPTIONS = {
+    "theme": THEME,
+    "css": CSS,
+    "head": KEYBOARD_JS,
+    "run_history": False,  # nothing a rater did is replayable from the browser
+    "footer_links": ["api", "gradio"],
+    "max_file_size": "200mb",
+}
+
+PRIVATE = {"api_visibility": "private"}
+LIGHT = {**PRIVATE, "concurrency_id": "light", "concurrency_limit": 2}
+STUDY = {**PRIVATE, "concurrency_id": "study", "concurrency_limit": 4}
+ADMIN = {**PRIVATE, "concurrency_id": "results", "concurrency_limit": 1}
+HEAVY = {"concurrency_id": "enhance", "concurrency_limit": 1}  # torch already uses every core
+
+EXAMPLES = dd.example_images(EXAMPLES_DIR)
+
+# ---------------------------------------------------------------- Enhance page (/)
+
+with gr.Blocks(title=TITLE, delete_cache=(600, KEEP_SECONDS)) as demo:
+    gr.Navbar(main_page_name="Enhance")
+    gr.Markdown(
+        "# Perceptual enhancement of medical images\n"
+        "Upload a radiology, dermatology or microscopy image (PNG, JPEG, 8/16-bit TIFF, DICOM) "
+        "or click an example, choose methods and press **Enhance**. Uploads are read once and "
+        f"deleted; images larger than {dd.max_megapixels():g} megapixels are downscaled, "
+        "with a note."
+    )
+    loaded = gr.State(None, time_to_live=KEEP_SECONDS)
+    loaded_reference = gr.State(None, time_to_live=KEEP_SECONDS)
+    with gr.Row():
+        with gr.Column(scale=2, min_width=320):
+            upload = gr.File(label="Image", type="filepath", elem_id="upload")
+            preview = gr.Image(
+                label="Loaded image",
+                format="png",
+                interactive=False,
+                height=240,
+                buttons=["fullscreen", "download"],
+                elem_id="preview",
+            )
+            choices = dd.available_methods()
+            methods = gr.CheckboxGroup(
+                choices=choices,
+                value=dd.default_methods([k for _, k in choices]),
+                label="Methods",
+                elem_id="methods",
+            )
+            with gr.Group():
+                simulate = gr.Checkbox(
+                    label="Simulate a low-quality acquisition first and measure every method "
+                    "against the clean image (the paper's experiment)",
+                    elem_id="simulate",
                 )
-                simulate = gr.Checkbox(label="Simulate a low-quality acquisition first")
                 with gr.Row():
                     preset = gr.Dropdown(["paper", "clinical"], value="paper", label="Preset")
-                    seed = gr.Number(value=0, precision=0, label="Seed")
-                reference = gr.File(label="Clean reference (optional)", type="filepath")
-                run = gr.Button("Enhance", variant="primary")
-            with gr.Column():
-                slider = gr.ImageSlider(label="Before / after", format="png")
-                notes = gr.Markdown()
-        gallery = gr.Gallery(label="All methods", format="png", columns=3)
-        table = gr.Dataframe(
-            headers=["Method", "Seconds", "PSNR (dB)", "SSIM", "ΔE2000"], label="Timing and metrics"
-        )
-        downloads = gr.File(label="Lossless PNG downloads", file_count="multiple")
-
-    # ------------------------------------------------------------ wiring
-    run.click(
-        enhance_upload,
-        [upload, methods, simulate, preset, seed, reference],
-        [slider, gallery, table, downloads, notes],
-        api_name="enhance",
-        concurrency_id="enhance",
-        concurrency_limit=1,
+                    seed = gr.Number(0, precision=0, label="Seed")
+            reference = gr.File(
+                label="Clean reference (optional): metrics for your own pair",
+                type="filepath",
+                elem_id="reference",
+            )
+            run = gr.Button("Enhance", variant="primary", elem_id="run")
+        with gr.Column(scale=3):
+            slider = gr.ImageSlider(label="Before / after (first method)", format="png")
+            notes = gr.Markdown(elem_id="notes")
+            table = gr.Dataframe(
+                headers=dd.METRIC_HEADERS,
+                label="Time and quality per method (PSNR, SSIM, ΔE against the clean image)",
+                interactive=False,
+                elem_id="metrics",
+            )
+            gallery = gr.Gallery(
+                label="All methods side by side", format="png", columns=3, elem_id="results"
+            )
+            downloads = gr.File(
+                label="Lossless PNG downloads",
+                file_count="multiple",
+                interactive=False,
+                elem_id="downloads",
+            )
+    example_gallery = gr.Gallery(
+        value=[(dd.thumbnail(e.path), e.title) for e in EXAMPLES],
+        label="Examples (click one to load it)",
+        format="png",
+        columns=5,
+        allow_preview=False,
+        interactive=False,
+        elem_id="examples",
     )
 
+    upload.upload(load_upload, upload, [loaded, loaded_reference, preview, notes, upload], **LIGHT)
+    reference.upload(load_reference, reference, [loaded_reference, notes, reference], **LIGHT)
+    example_gallery.select(load_example, None, [loaded, loaded_reference, preview, notes], **LIGHT)
+    run.click(
+        enhance,
+        [upload, methods, simulate, preset, seed, reference, loaded, loaded_reference],
+        [slider, gallery, table, downloads, notes],
+        api_name="enhance",
+        **HEAVY,
+    )
+    demo.load(method_choices, None, methods, **LIGHT)
+
+# ---------------------------------------------------------------- Study page (/study)
+
+with demo.route("Study", "/study"):
+    gr.Navbar(main_page_name="Enhance")
+    gr.Markdown("# Image quality study")
+    session = gr.State(None)
+    screen_token = gr.Textbox(visible=False)  # which screen an answer is for
+    remembered = gr.BrowserState(None, storage_key="study-invite-code")
+    message = gr.Markdown(elem_id="study-message")
+    with gr.Column(visible=True) as join_box:
+        gr.Markdown(STUDY_HELP)
+        code = gr.Textbox(
+            label="Invite code", placeholder="the code from the study team", elem_id="invite-code"
+        )
+        start = gr.Button("Start", variant="primary", elem_id="study-start")
+    with gr.Column(visible=False) as trial_box:
+        header = gr.Markdown()
+        progress_bar = gr.HTML()
+        source = gr.Image(
+            label="Low-quality source",
+            height=160,
+            interactive=False,
+            format="png",
+            buttons=[],
+            elem_id="study-source",
+        )
+        with gr.Row(equal_height=True):
+            image_a = gr.Image(
+                label="A", height=460, interactive=False, buttons=["fullscreen"], elem_id="image-a"
+            )
+            image_b = gr.Image(
+                label="B", height=460, interactive=False, buttons=["fullscreen"], elem_id="image-b"
+            )
+        with gr.Row():
+            vote_a = gr.Button("A is better  [1 / ←]", elem_id="vote-a")
+            vote_b = gr.Button("B is better  [2 / →]", elem_id="vote-b")
+            vote_tie = gr.Button("Tie  [3]", elem_id="vote-tie")
+            vote_bad = gr.Button("Both unacceptable  [4]", elem_id="vote-bad")
+        pause_button = gr.Button("Pause", size="sm", elem_id="study-pause")
+    with gr.Column(visible=False) as paused_box:
+        gr.Markdown(
+            "**Paused.** Every answer so far is saved. Close this tab if you like: this "
+            "browser remembers your code, and the code works on any device."
+        )
+        resume_button = gr.Button("Resume", variant="primary", elem_id="study-resume")
+        forget_button = gr.Button("Sign out on this device", size="sm", elem_id="study-forget")
+    with gr.Column(visible=False) as done_box:
+        gr.Markdown("**Finished.**")
+
+    view = [join_box, trial_box, paused_box, done_box, message, header, progress_bar]
+    view += [source, image_a, image_b, vote_a, vote_b, vote_tie, vote_bad, pause_button]
+    STUDY_OUTPUTS = [session, screen_token, *view, remembered]
+    answer_buttons = [vote_a, vote_b, vote_tie, vote_bad, pause_button]
+
+    demo.load(restore_code, remembered, [code, message], **STUDY)
+    for trigger in (start.click, code.submit):
+        trigger(join_study, code, STUDY_OUTPUTS, **STUDY)
+    for button, choice in zip([vote_a, vote_b, vote_tie, vote_bad], study.CHOICES, strict=True):
+        # The screen token is read when the button is pressed, before anything else runs.
+        button.click(
+            _voter(choice), [session, screen_token], STUDY_OUTPUTS, js=DISABLE_VOTES_JS, **STUDY
+        ).then(enable_answers, None, answer_buttons, queue=False, **PRIVATE)
+    pause_button.click(pause, session, STUDY_OUTPUTS, **STUDY)
+    resume_button.click(resume, session, STUDY_OUTPUTS, **STUDY)
+    forget_button.click(forget_me, None, STUDY_OUTPUTS, **STUDY)
+
+# ---------------------------------------------------------------- Results page (/results)
+
+with demo.route("Results", "/results"):
+    gr.Navbar(main_page_name="Enhance")
+    gr.Markdown("# Study results")
+    intro = gr.Markdown(elem_id="results-intro")
+    with gr.Row(visible=False) as token_row:
+        token = gr.Textbox(label="Admin token", type="password", elem_id="admin-token")
+        unlock = gr.Button("Open", variant="primary", elem_id="admin-open")
+    with gr.Column(visible=False) as admin_box:
+        with gr.Row():
+            study_pick = gr.Dropdown(label="Study", choices=[], elem_id="study-pick", scale=4)
+            refresh = gr.Button("Refresh", size="sm", scale=1, elem_id="results-refresh")
+        status = gr.Markdown(elem_id="results-status")
+        raters = gr.Dataframe(label="Raters", interactive=False)
+        share_plot = gr.BarPlot(
+            EMPTY_SHARE,
+            x="method",
+            y="share",
+            y_lim=[0, 1],
+            sort="-y",
+            title="Expert preference share (ties count half)",
+            y_title="share of comparisons won",
+            elem_id="share-plot",
+        )
+        ratings = gr.Dataframe(label="Bradley–Terry and JOD scales, 95% CI", interactive=False)
+        win_matrix = gr.HTML(elem_id="win-matrix")
+        by_modality = gr.Dataframe(
+            label="Per modality (when the study has more than one)", interactive=False
+        )
+        quality = gr.Dataframe(label="Rater quality", interactive=False)
+        with gr.Row():
+            export_button = gr.Button("Export (zip)", variant="primary", elem_id="export")
+            close_button = gr.Button("Close the study to new votes", variant="stop", size="sm")
+        export_file = gr.File(label="Export", interactive=False, height=90, elem_id="export-file")
+        with gr.Accordion("Invite a rater", open=False):
+            with gr.Row():
+                rater_name = gr.Textbox(label="Name (kept private; exports use a pseudonym)")
+                specialty = gr.Textbox(label="Specialty (optional)")
+                years = gr.Number(label="Years of experience (optional)", precision=0)
+            invite_button = gr.Button("Invite", elem_id="invite")
+            invite_code = gr.Textbox(
+                label="Invite code (shown once)", interactive=False, buttons=["copy"]
+            )
+            invite_message = gr.Markdown()
+        with gr.Accordion("Create a study", open=False):
+            new_title = gr.Textbox(label="Title (raters see it; name no method)")
+            new_instructions = gr.Textbox(label="Instructions for raters (optional)", lines=3)
+            new_methods = gr.CheckboxGroup(label="Methods to compare (two or more)", choices=[])
+            new_images = gr.File(label="Images", file_count="multiple", type="filepath")
+            with gr.Row():
+                new_modality = gr.Textbox(label="Modality of these images", value="unspecified")
+                use_examples = gr.Checkbox(label="Use the example images instead")
+            with gr.Row():
+                new_preset = gr.Dropdown(
+                    ["none", "paper", "clinical"],
+                    value="none",
+                    label="Degrade clean images first (preset)",
+                )
+                new_seed = gr.Number(0, precision=0, label="Seed")
+                new_design = gr.Radio(list(DESIGNS), value="balanced", label="Design")
+                new_repeats = gr.Slider(0, 0.5, value=0.1, step=0.05, label="Repeat fraction")
+            new_show_source = gr.Checkbox(value=True, label="Show raters the low-quality source")
+            create_button = gr.Button("Create study", variant="primary")
+            create_message = gr.Markdown()
+
+    result_views = [status, raters, share_plot, ratings, win_matrix, by_modality, quality]
+
+    demo.load(results_intro, None, [intro, token_row], **LIGHT)
+    for trigger in (unlock.click, token.submit):
+        trigger(open_results, token, [admin_box, study_pick, new_methods, intro], **ADMIN).success(
+            show_results, [token, study_pick], result_views, **ADMIN
+        )
+    study_pick.input(show_results, [token, study_pick], result_views, **ADMIN)
+    refresh.click(refresh_studies, [token, study_pick], study_pick, **ADMIN).success(
+        show_results, [token, study_pick], result_views, **ADMIN
+    )
+    export_button.click(export_results, [token, study_pick], export_file, **ADMIN)
+    close_button.click(close_selected, [token, study_pick], study_pick, **ADMIN).success(
+        show_results, [token, study_pick], result_views, **ADMIN
+    )
+    invite_button.click(
+        invite,
+        [token, study_pick, rater_name, specialty, years],
+        [invite_code, invite_message],
+        **ADMIN,
+    )
+    create_button.click(
+        create_study,
+        [token, new_title, new_instructions, new_methods, new_images, new_modality, use_examples]
+        + [new_preset, new_seed, new_design, new_repeats, new_show_source],
+        [create_message, study_pick],
+        **PRIVATE,
+        **HEAVY,
+    ).success(show_results, [token, study_pick], result_views, **ADMIN)
+
+demo.queue(default_concurrency_limit=2, max_size=64)
+
 if __name__ == "__main__":
-    demo_app.queue(default_concurrency_limit=8).launch()
+    logging.basicConfig(level=logging.INFO)
+    start_backup()
+    # Study images may live outside the working and temp folders (a Space's /data): allow
+    # exactly their folder, never the database beside it.
+    demo.launch(**LAUNCH_OPTIONS, allowed_paths=[str(_db().media_root)])

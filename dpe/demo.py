@@ -1,22 +1,28 @@
 """What the demo does with an upload, as plain functions the app wires to widgets.
 
 Kept out of ``app.py`` so it is testable without Gradio: size limiting with a visible note,
-running several methods with their timings, and metrics against a clean reference.
+running several methods with their timings, metrics against a clean reference, lossless
+downloads, the examples gallery and the practice pairs shown to experts before a study.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import secrets
+import shutil
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from skimage.transform import resize
 
 from dpe.degrade import degrade
-from dpe.methods import get_method, method_info
+from dpe.io import load_image, save_image
+from dpe.methods import get_method, list_methods, method_info
 from dpe.metrics import compare
-from dpe.weights import WeightsNotFoundError
+from dpe.weights import WeightsNotFoundError, has_weights
 
 DEFAULT_MAX_MEGAPIXELS = 2.0
 
@@ -85,3 +91,245 @@ def run_methods(
 def simulate(clean: np.ndarray, preset: str, seed: int) -> tuple[np.ndarray, dict]:
     """The paper's experiment: a low-quality twin of ``clean`` and the draws that made it."""
     return degrade(clean, preset, seed=int(seed), return_params=True)
+
+
+def available_methods() -> list[tuple[str, str]]:
+    """(label, key) of every method the demo can run now: deep ones only once their weights exist.
+
+    Read on every call, so weights dropped into ``weights/`` show up without a restart. With
+    ``DPE_WEIGHTS_REPO`` set, deep methods are offered and their weights fetched on first use.
+    """
+    from_hub = bool(os.environ.get("DPE_WEIGHTS_REPO", "").strip())
+    choices = []
+    for name in list_methods():
+        info = method_info(name)
+        if info["weights"] and not (from_hub or has_weights(info["weights"])):
+            continue
+        choices.append((info["label"], name))
+    return choices
+
+
+def default_methods(available: list[str]) -> list[str]:
+    """What is ticked at first: DPE when it can run, else the first method that changes pixels."""
+    if "dpe" in available:
+        return ["dpe"]
+    changing = [m for m in available if m != "identity"]
+    return changing[:1] or available[:1]
+
+
+@dataclass
+class Prepared:
+    """An image ready for the methods: pixels at demo size, a name for downloads, notes."""
+
+    image: np.ndarray
+    name: str
+    bit_depth: int
+    notes: list[str]
+
+
+def prepare(
+    source: str | os.PathLike, *, name: str | None = None, limit: float | None = None
+) -> Prepared:
+    """Load ``source`` with `dpe.load_image`; fit it to ``limit`` megapixels (default: the app's).
+
+    Raises `dpe.ImageError` (a ValueError) with a readable message for anything unreadable.
+    """
+    loaded = load_image(source)
+    name = safe_stem(name or Path(source).name)
+    image, note = fit_megapixels(loaded.image, max_megapixels() if limit is None else limit)
+    h, w = loaded.image.shape[:2]
+    kind = f"{loaded.bit_depth}-bit {loaded.format}".strip()
+    notes = [f"Loaded **{name}**: {w}×{h}, {kind}."] + list(loaded.notes)
+    if note:
+        notes.append(note)
+    return Prepared(image, name, int(loaded.bit_depth), notes)
+
+
+def safe_stem(filename: str) -> str:
+    """A file name's stem reduced to characters that are safe in a download's name."""
+    stem = Path(str(filename)).stem
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._")[:60] or "image"
+
+
+@dataclass
+class Enhanced:
+    """Everything one press of "Enhance" produced."""
+
+    input: np.ndarray  # what the methods saw: the low-quality twin when simulating
+    results: list[MethodResult]
+    reference: np.ndarray | None = None
+    input_metrics: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    simulated: bool = False
+
+
+def enhance_prepared(
+    image: np.ndarray,
+    methods: list[str],
+    *,
+    simulate_preset: str | None = None,
+    seed: int = 0,
+    reference: np.ndarray | None = None,
+) -> Enhanced:
+    """Run ``methods`` on ``image``; with ``simulate_preset`` degrade it first and score every
+    method against the clean original, else score against ``reference`` when one is given."""
+    notes = []
+    if simulate_preset:
+        reference = image
+        image, params = simulate(image, simulate_preset, seed)
+        notes.append(describe_degradation(params, int(seed)))
+    results = run_methods(image, list(methods), reference=reference)
+    input_metrics = compare(reference, image) if reference is not None else {}
+    notes += [f"{r.label}: {r.error}" for r in results if r.error]
+    return Enhanced(image, results, reference, input_metrics, notes, bool(simulate_preset))
+
+
+def describe_degradation(params: dict, seed: int) -> str:
+    """One sentence on the draws that made a simulated low-quality image."""
+    parts = [
+        f"brightness ×{params['brightness']:.2f}",
+        f"contrast ×{params['contrast']:.2f}",
+    ]
+    if "noise_sigma" in params:
+        parts.append(f"noise σ ≤ {params['noise_sigma']:.4f}")
+    if "blur_sigma" in params:
+        parts.append(f"blur σ {params['blur_sigma']:.2f} px")
+    if "photons" in params:
+        parts.append(f"{params['photons']:.0f} photons at full scale")
+    if "gauss_sigma" in params:
+        parts.append(f"read noise σ {params['gauss_sigma']:.4f}")
+    return (
+        f"Simulated a low-quality acquisition (preset **{params['preset']}**, seed **{seed}**): "
+        + ", ".join(parts)
+        + "."
+    )
+
+
+METRIC_HEADERS = ["Method", "Seconds", "PSNR (dB)", "SSIM", "ΔE2000 (lower is better)"]
+
+
+def metrics_rows(enhanced: Enhanced) -> list[list]:
+    """One row per method for the timing-and-metrics table (``"-"`` where nothing applies)."""
+    rows = []
+    if enhanced.input_metrics:
+        name = "Simulated low-quality input" if enhanced.simulated else "Input"
+        rows.append([name, "-", *_rounded(enhanced.input_metrics)])
+    for r in enhanced.results:
+        if r.image is None:
+            continue
+        metrics = _rounded(r.metrics) if r.metrics else ["-", "-", "-"]
+        rows.append([r.label, round(r.seconds, 3), *metrics])
+    return rows
+
+
+def _rounded(metrics: dict[str, float]) -> list[float]:
+    return [round(metrics[k], 3) for k in ("psnr", "ssim", "delta_e")]
+
+
+def write_results(
+    enhanced: Enhanced, out_dir: str | os.PathLike, stem: str, *, bits: int = 8
+) -> list[Path]:
+    """Save every method's output as a lossless PNG (16-bit when ``bits`` > 8); return the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for r in enhanced.results:
+        if r.image is None:
+            continue
+        path = out / f"{safe_stem(stem)}_{r.method}.png"
+        save_image(r.image, path, bits=16 if bits > 8 else 8)
+        paths.append(path)
+    return paths
+
+
+def prune_old(root: str | os.PathLike, max_age_s: float) -> int:
+    """Delete the folders under ``root`` older than ``max_age_s`` seconds; return how many."""
+    root = Path(root)
+    if not root.is_dir():
+        return 0
+    cutoff = time.time() - max_age_s
+    removed = 0
+    for child in root.iterdir():
+        try:
+            if child.is_dir() and child.stat().st_mtime < cutoff:
+                shutil.rmtree(child, ignore_errors=True)
+                removed += 1
+        except FileNotFoundError:
+            continue  # another request pruned it first
+    return removed
+
+
+@dataclass(frozen=True)
+class Example:
+    """An image from ``examples/``: its file, modality (the folder) and a readable title."""
+
+    path: Path
+    modality: str
+    title: str
+
+
+MODALITY_ORDER = ("radiology", "dermatology", "microscopy")
+
+
+def example_images(root: str | os.PathLike) -> list[Example]:
+    """The example images under ``root/<modality>/``, radiology first, then by file name."""
+    root = Path(root)
+    found = []
+    for path in sorted(root.glob("*/*")):
+        if path.suffix.lower() not in {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm"}:
+            continue
+        modality = path.parent.name
+        title = f"{modality.capitalize()}: {path.stem.replace('_', ' ')}"
+        found.append(Example(path, modality, title))
+    rank = {m: n for n, m in enumerate(MODALITY_ORDER)}
+    return sorted(found, key=lambda e: (rank.get(e.modality, len(rank)), e.path.name))
+
+
+def thumbnail(path: str | os.PathLike, size: int = 192) -> np.ndarray:
+    """A uint8 preview of an image file, at most ``size`` pixels on its longer side."""
+    image = load_image(path).image
+    h, w = image.shape[:2]
+    scale = min(1.0, size / max(h, w))
+    if scale < 1.0:
+        image = resize(
+            image, (max(1, round(h * scale)), max(1, round(w * scale))), anti_aliasing=True
+        )
+    return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class PracticePair:
+    """An unscored warm-up comparison: a degraded source, and the clean original beside a
+    degraded copy, in random order. Files carry random names, like real study images."""
+
+    source: Path
+    left: Path
+    right: Path
+
+
+def practice_pairs(
+    images: list[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    seed: int = 0,
+    size: int = 384,
+) -> list[PracticePair]:
+    """One practice pair per image in ``images``, written to ``out_dir`` under random names."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for n, path in enumerate(images):
+        clean, _ = fit_megapixels(load_image(path).image, size * size / 1e6)
+        low = degrade(clean, "paper", seed=seed + n)
+        worse = degrade(clean, "clinical", seed=seed + n + 1000)
+        good, bad = _write_random(out, clean), _write_random(out, worse)
+        left, right = (good, bad) if rng.random() < 0.5 else (bad, good)
+        pairs.append(PracticePair(_write_random(out, low), left, right))
+    return pairs
+
+
+def _write_random(out: Path, image: np.ndarray) -> Path:
+    path = out / f"{secrets.token_urlsafe(16)}.png"
+    save_image(image, path)
+    return path

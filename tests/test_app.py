@@ -1,0 +1,548 @@
+"""The app's callbacks without a browser, and its public API through gradio_client.
+
+Callbacks are plain functions, so most tests call them directly with what a widget would
+send. One module-scoped server on 127.0.0.1 serves the gradio_client and HTML checks.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import secrets
+import shutil
+import socket
+import sqlite3
+import time
+import zipfile
+from concurrent.futures import Future
+from pathlib import Path
+from types import SimpleNamespace
+
+import gradio as gr
+import httpx
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from PIL import Image
+
+import app
+import dpe
+import study
+from dpe.methods import list_methods, method_info
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+STUDY_METHODS = ["identity", "autocontrast", "clahe"]
+# Every method key and label: none of these may reach a rater.
+SECRETS = sorted({*list_methods(), *(method_info(m)["label"] for m in list_methods())})
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def as_upload(src: Path, name: str | None = None) -> str:
+    """Copy ``src`` into Gradio's upload folder, as an upload from a browser would arrive."""
+    folder = Path(gr.utils.get_upload_folder()) / secrets.token_hex(8)
+    folder.mkdir(parents=True)
+    return str(shutil.copy(src, folder / (name or src.name)))
+
+
+def tiny_images(folder: Path, n: int = 2, size: int = 32) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for k in range(n):
+        pixels = (rng.random((size, size, 3)) * 160 + 20).astype(np.uint8)
+        paths.append(folder / f"scan{k}.png")
+        Image.fromarray(pixels).save(paths[-1])
+    return paths
+
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch) -> Path:
+    folder = tmp_path / "data"
+    monkeypatch.setenv("DPE_DATA_DIR", str(folder))
+    return folder
+
+
+@pytest.fixture
+def open_study(data_dir, tmp_path):
+    """A study of the three reference methods on two tiny images; returns (id, invite code)."""
+    db = app._db()
+    study_id = study.create_study(
+        db,
+        "Reader study",
+        tiny_images(tmp_path / "sources"),
+        STUDY_METHODS,
+        lambda image, method: dpe.enhance(image, method),
+        labels={m: method_info(m)["label"] for m in STUDY_METHODS},
+        repeat_fraction=0.0,
+    )
+    return study_id, study.invite_rater(db, study_id, "Dr A", specialty="radiology").code
+
+
+def votes_in(study_id: str) -> list[str]:
+    return list(study.load_votes(app._db(), study_id)["choice"])
+
+
+# The study callbacks' outputs, in the order of app.STUDY_OUTPUTS.
+STUDY_FIELDS = ["session", "screen", "join", "trial", "paused", "done", "message", "header"]
+STUDY_FIELDS += ["progress", "source", "a", "b", "vote_a", "vote_b", "vote_tie", "vote_bad"]
+STUDY_FIELDS += ["pause", "remembered"]
+
+
+def view(outputs) -> dict:
+    assert len(outputs) == len(STUDY_FIELDS) == len(app.STUDY_OUTPUTS)
+    return dict(zip(STUDY_FIELDS, outputs, strict=True))
+
+
+def answer(outputs, choice: str) -> dict:
+    """Press an answer button on the screen ``outputs`` shows."""
+    shown = view(outputs)
+    return view(app.vote(shown["session"], shown["screen"], choice))
+
+
+def screen_text(v: dict) -> str:
+    """What a rater can read or fetch on a study screen: texts and image file names."""
+    source = v["source"].value and v["source"].value["path"]
+    names = [Path(x).name for x in (source, v["a"], v["b"]) if x]
+    return " ".join([v["message"], v["header"], v["progress"], v["screen"], *names])
+
+
+# ---------------------------------------------------------------- Enhance page
+
+
+def test_enhance_reads_dicom_and_returns_lossless_16_bit_downloads():
+    upload = as_upload(EXAMPLES / "radiology" / "tibia_xray.dcm", "knee scan.dcm")
+    slider, gallery, table, files, notes = app.enhance(
+        upload, ["identity", "clahe"], False, "paper", 0, None
+    )
+    assert not Path(upload).exists()  # the upload is not kept after the response
+    before, after = slider
+    assert before.dtype == np.uint8 and before.shape == (512, 512, 3)
+    assert [caption for _, caption in gallery][0] == "Input"
+    assert list(table["Method"]) == ["Input (no enhancement)", "CLAHE"]
+    assert (table["Seconds"] >= 0).all() and "10-bit DICOM" in notes
+    assert [Path(f).name for f in files] == ["knee_scan_identity.png", "knee_scan_clahe.png"]
+    original = dpe.load_image(EXAMPLES / "radiology" / "tibia_xray.dcm").image
+    downloaded = dpe.load_image(files[0])
+    assert downloaded.bit_depth == 16  # a 10-bit source is not squeezed into 8 bits
+    assert np.abs(downloaded.image - original).max() <= 1 / 65535
+
+
+def test_upload_is_decoded_once_then_deleted_and_reused(data_dir):
+    upload = as_upload(EXAMPLES / "microscopy" / "ihc_colon.png")
+    prepared, reference, preview, notes, cleared = app.load_upload(upload)
+    assert not Path(upload).exists() and cleared is None and reference is None
+    assert preview.shape == (512, 512, 3) and "512×512" in notes
+    slider, gallery, table, files, notes = app.enhance(
+        None, ["autocontrast"], False, "paper", 0, None, loaded=prepared
+    )
+    assert list(table["Method"]) == ["Auto-contrast"] and len(files) == 1
+    with pytest.raises(gr.Error, match="Upload an image first"):
+        app.enhance(None, ["autocontrast"], False, "paper", 0, None)
+
+
+def test_bad_upload_gives_a_readable_message_and_is_deleted(tmp_path):
+    (tmp_path / "x.png").write_bytes(b"this is not a picture")
+    upload = as_upload(tmp_path / "x.png")
+    with pytest.raises(gr.Error, match="Could not read this file: .*not an image"):
+        app.load_upload(upload)
+    assert not Path(upload).exists()
+    assert app.load_upload(None) == (gr.skip(),) * 5  # nothing uploaded: nothing changes
+
+
+def test_large_upload_is_downscaled_with_a_visible_note(monkeypatch):
+    monkeypatch.setenv("DPE_MAX_MEGAPIXELS", "0.05")
+    upload = as_upload(EXAMPLES / "dermatology" / "skin_photo_1.png")
+    slider, _, _, files, notes = app.enhance(upload, ["identity"], False, "paper", 0, None)
+    assert slider[0].shape[0] * slider[0].shape[1] <= 50_000
+    assert "Downscaled from 504×512" in notes and "DPE_MAX_MEGAPIXELS" in notes
+
+
+def test_simulate_measures_every_method_against_the_clean_image():
+    upload = as_upload(EXAMPLES / "radiology" / "brain_mri_coronal.png")
+    slider, gallery, table, files, notes = app.enhance(
+        upload, ["identity", "autocontrast"], True, "clinical", 5, None
+    )
+    assert "preset **clinical**, seed **5**" in notes
+    assert [c for _, c in gallery][:2] == ["Low-quality input", "Clean original"]
+    rows = table.set_index("Method")
+    assert list(rows.index) == [
+        "Simulated low-quality input",
+        "Input (no enhancement)",
+        "Auto-contrast",
+    ]
+    metrics = rows[["PSNR (dB)", "SSIM", "ΔE2000 (lower is better)"]].astype(float)
+    assert metrics.notna().all().all() and (metrics["SSIM"] <= 1).all()
+    # "No enhancement" must score exactly what its input scores: the metrics see real pixels.
+    assert metrics.loc["Input (no enhancement)"].equals(metrics.loc["Simulated low-quality input"])
+    assert not metrics.loc["Auto-contrast"].equals(metrics.loc["Simulated low-quality input"])
+
+
+def test_reference_upload_gives_metrics_and_a_size_mismatch_is_explained(tmp_path):
+    clean = EXAMPLES / "microscopy" / "ihc_colon.png"
+    prepared = app.load_upload(as_upload(clean))[0]
+    reference, message, _ = app.load_reference(as_upload(clean))
+    assert "Reference loaded" in message
+    _, _, table, _, _ = app.enhance(
+        None, ["identity"], False, "paper", 0, None, loaded=prepared, loaded_reference=reference
+    )
+    assert table.set_index("Method").loc["Input (no enhancement)", "SSIM"] == 1.0
+    other = app.load_reference(as_upload(EXAMPLES / "microscopy" / "he_tia.png"))[0]
+    with pytest.raises(gr.Error, match="same size"):
+        app.enhance(None, ["identity"], False, "paper", 0, None, prepared, other)
+
+
+def test_method_list_hides_methods_without_weights(monkeypatch, tmp_path):
+    monkeypatch.setattr("dpe.weights.WEIGHTS_DIR", tmp_path)
+    monkeypatch.delenv("DPE_WEIGHTS_REPO", raising=False)
+    update = app.method_choices()
+    keys = [key for _, key in update.choices]
+    assert "dpe" not in keys and "clahe" in keys
+    (tmp_path / "dpe.safetensors").write_bytes(b"")
+    assert app.method_choices().value == ["dpe"]
+
+
+# ---------------------------------------------------------------- Study page
+
+
+def test_join_practice_vote_pause_resume_finish(open_study):
+    study_id, code = open_study
+    with pytest.raises(gr.Error, match="not valid"):
+        app.join_study("not-a-code")
+    with pytest.raises(gr.Error, match="Enter the invite code"):
+        app.join_study("  ")
+    v = view(app.join_study(f" {code} "))
+    assert v["remembered"] == code.strip() and v["trial"].visible and not v["join"].visible
+    assert "Practice 1 of 2" in v["progress"] and v["vote_a"].interactive
+    for _ in range(app.PRACTICE_TRIALS):
+        v = answer(v.values(), "left")
+    assert votes_in(study_id) == []  # practice is not scored
+    assert "Trial 1 of 6" in v["progress"]
+    seen = set()
+    choices = ["left", "right", "tie"]
+    for choice in choices:
+        seen.add(screen_text(v))
+        v = answer(v.values(), choice)
+        assert v["vote_a"].interactive is False  # until enable_answers runs in the browser
+    assert votes_in(study_id) == choices
+    paused = view(app.pause(v["session"]))
+    assert paused["paused"].visible and not paused["trial"].visible
+    resumed = view(app.resume(paused["session"]))
+    assert "Trial 4 of 6" in resumed["progress"] and resumed["a"] == v["a"]  # same trial
+    v = view(app.join_study(code))  # back after closing the tab: no practice the second time
+    assert "Trial 4 of 6" in v["progress"]
+    for choice in ["both_bad", "left", "right"]:
+        seen.add(screen_text(v))
+        v = answer(v.values(), choice)
+    assert v["done"].visible and "every trial" in v["message"]  # the thank-you screen
+    assert len(votes_in(study_id)) == 6
+    for text in seen:
+        for secret in SECRETS:
+            assert secret.lower() not in text.lower(), secret
+
+
+def test_an_answer_counts_only_for_the_screen_it_was_given_on(open_study):
+    study_id, code = open_study
+    v = view(app.join_study(code))
+    for _ in range(app.PRACTICE_TRIALS):
+        v = answer(v.values(), "tie")
+    session, screen = v["session"], v["screen"]
+    first = view(app.vote(session, screen, "left"))
+    again = view(app.vote(session, screen, "left"))  # a double click replays the request
+    other = view(app.vote(session, screen, "right"))  # another button, same screen
+    assert votes_in(study_id) == ["left"]
+    assert "Trial 2 of 6" in first["progress"] == again["progress"] == other["progress"]
+    # Clicks racing the first: the session has moved on, the browser still sends the old screen.
+    late = view(app.vote(first["session"], screen, "right"))
+    assert votes_in(study_id) == ["left"] and late["a"] == first["a"]
+    assert late["screen"] == first["screen"]  # shown again, so the next answer counts
+    answer(late.values(), "tie")
+    assert votes_in(study_id) == ["left", "tie"]
+    response_ms = study.load_votes(app._db(), study_id)["response_ms"]
+    assert ((0 <= response_ms) & (response_ms < 60_000)).all()
+
+
+def test_closed_study_takes_no_votes_and_sign_out_forgets_the_code(open_study):
+    study_id, code = open_study
+    v = view(app.join_study(code))
+    for _ in range(app.PRACTICE_TRIALS):
+        v = answer(v.values(), "left")
+    study.close_study(app._db(), study_id)
+    with pytest.raises(gr.Error, match="closed; it takes no votes"):
+        answer(v.values(), "left")  # the trial on screen when the study closed
+    with pytest.raises(gr.Error, match="not taking votes"):
+        app.join_study(code)
+    assert votes_in(study_id) == []
+    v = view(app.resume(v["session"]))
+    assert v["done"].visible and "closed this study" in v["message"]
+    out = view(app.forget_me())
+    assert out["remembered"] is None and out["join"].visible and out["session"] is None
+    assert app.restore_code(None) == (gr.skip(), "")
+    assert app.restore_code(code)[0] == code
+
+
+def test_source_image_can_be_hidden(data_dir, tmp_path):
+    db = app._db()
+    study_id = study.create_study(
+        db,
+        "No source",
+        tiny_images(tmp_path / "s", n=1),
+        ["identity", "clahe"],
+        lambda image, method: dpe.enhance(image, method),
+        settings={"show_source": False},
+    )
+    code = study.invite_rater(db, study_id, "Dr B").code
+    v = view(app.join_study(code))
+    assert v["source"].visible  # practice shows its source
+    for _ in range(app.PRACTICE_TRIALS):
+        v = answer(v.values(), "left")
+    assert v["source"].visible is False and v["a"] is not None
+
+
+# ---------------------------------------------------------------- Results page
+
+
+def test_results_need_the_admin_token(open_study, monkeypatch):
+    study_id, _ = open_study
+    monkeypatch.delenv("DPE_ADMIN_TOKEN", raising=False)
+    intro, row = app.results_intro()
+    assert "DPE_ADMIN_TOKEN" in intro and row.visible is False
+    with pytest.raises(gr.Error, match="DPE_ADMIN_TOKEN"):
+        app.open_results("anything")
+    monkeypatch.setenv("DPE_ADMIN_TOKEN", "s3cret")
+    assert app.results_intro()[1].visible is True
+    for call in (
+        lambda t: app.open_results(t),
+        lambda t: app.show_results(t, study_id),
+        lambda t: app.export_results(t, study_id),
+        lambda t: app.invite(t, study_id, "Dr X", "", None),
+    ):
+        with pytest.raises(gr.Error, match="not right"):
+            call("wrong")
+        with pytest.raises(gr.Error, match="not right"):
+            call(None)
+
+
+def test_results_show_scores_and_export_matches_the_votes(open_study, monkeypatch):
+    study_id, code = open_study
+    monkeypatch.setenv("DPE_ADMIN_TOKEN", "s3cret")
+    second = study.invite_rater(app._db(), study_id, "Dr B").code
+    clicks = {code: ["left", "right", "left", "tie", "both_bad", "left"]}
+    clicks[second] = ["right", "right", "left", "left", "tie", "right"]
+    for rater, choices in clicks.items():
+        v = view(app.join_study(rater))
+        for choice in ["left"] * app.PRACTICE_TRIALS + choices:
+            v = answer(v.values(), choice)
+    box, picker, methods, _ = app.open_results("s3cret")
+    assert box.visible and picker.value == study_id and len(methods.choices) >= 3
+    status, raters, share, ratings, matrix, by_modality, quality = app.show_results(
+        "s3cret", study_id
+    )
+    assert "**12** votes of 12 planned (100%)" in status and "2 finished" in status
+    assert list(raters["Rater"]) == ["R01", "R02"]
+    assert set(share["method"]) == {method_info(m)["label"] for m in STUDY_METHODS}
+    assert share["share"].between(0, 1).all()
+    assert (
+        ratings["BT [95% CI]"].str.fullmatch(r"[+-]\d\.\d\d \[[+-]\d\.\d\d, [+-]\d\.\d\d\]").all()
+    )
+    assert matrix.count("<td") == 9 and "CLAHE" in matrix
+    assert list(quality["Rater"]) == ["R01", "R02"]
+    archive = app.export_results("s3cret", study_id)
+    with zipfile.ZipFile(archive) as zf:
+        names = {Path(n).name for n in zf.namelist()}
+        assert {"votes.csv", "ratings.csv", "raters.csv", "report.json", "study.db"} <= names
+        votes = list(csv.DictReader(io.StringIO(zf.read(f"study-{study_id}/votes.csv").decode())))
+    assert [v["choice"] for v in votes] == clicks[code] + clicks[second]
+    assert [v["rater"] for v in votes] == ["R01"] * 6 + ["R02"] * 6
+
+
+def test_researchers_create_a_study_and_invite_from_the_page(data_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("DPE_ADMIN_TOKEN", "s3cret")
+    uploads = [as_upload(p) for p in tiny_images(tmp_path / "up", n=2)]
+    message, picker = app.create_study(
+        "s3cret",
+        "New study",
+        "Pick the sharper image.",
+        ["identity", "clahe"],
+        uploads,
+        "dermatology",
+        False,
+        "paper",
+        1,
+        "balanced",
+        0.0,
+        True,
+        progress=lambda *a, **k: None,
+    )
+    study_id = picker.value
+    assert study_id in message and not any(Path(u).exists() for u in uploads)
+    info = study.get_study(app._db(), study_id)
+    assert info["status"] == "open" and info["settings"]["degrade_preset"] == "paper"
+    code, note = app.invite("s3cret", study_id, "Dr C", "dermatology", 7)
+    assert "R01" in note
+    assert "Pick the sharper image." in view(app.join_study(code))["header"]
+    with pytest.raises(gr.Error, match="at least two"):
+        app.create_study(
+            "s3cret", "T", "", ["clahe"], None, "", True, "none", 0, "balanced", 0.1, True,
+            progress=lambda *a, **k: None,
+        )  # fmt: skip
+
+
+# ---------------------------------------------------------------- hosting
+
+
+def test_backup_is_off_without_settings_and_offline(open_study, monkeypatch, caplog):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("DPE_BACKUP_REPO", "someone/study-backup")
+    assert app.start_backup() is None
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert app.start_backup() is None  # no network: the app still starts
+    assert "backups to someone/study-backup are off" in caplog.text
+
+
+def test_snapshot_is_a_consistent_copy_replaced_in_place(open_study, tmp_path):
+    study_id, code = open_study
+    target = tmp_path / "snapshot" / "study.db"
+    target.parent.mkdir()
+    app.write_snapshot(target)
+    v = view(app.join_study(code))
+    for _ in range(app.PRACTICE_TRIALS + 1):
+        v = answer(v.values(), "left")
+    app.write_snapshot(target)  # overwrites: the scheduler uploads one file, not a pile
+    assert sorted(p.name for p in target.parent.iterdir()) == ["study.db"]
+    with sqlite3.connect(target) as conn:
+        assert conn.execute("SELECT count(*) FROM votes").fetchone() == (1,)
+
+
+# ---------------------------------------------------------------- the served app
+
+
+def test_only_enhance_is_public():
+    info = app.demo.get_api_info()
+    assert set(info["named_endpoints"]) == {"/enhance"}
+    public = [fn for fn in app.demo.fns.values() if fn.api_visibility != "private"]
+    assert [fn.api_name for fn in public] == ["enhance"]
+    assert app.LAUNCH_OPTIONS["run_history"] is False
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    data = tmp_path_factory.mktemp("served")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DPE_DATA_DIR", str(data))
+        port = _free_port()
+        app.demo.launch(
+            **app.LAUNCH_OPTIONS,
+            server_name="127.0.0.1",
+            server_port=port,
+            prevent_thread_lock=True,
+            quiet=True,
+        )
+        try:
+            yield f"http://127.0.0.1:{port}/"
+        finally:
+            app.demo.close()
+
+
+def test_gradio_client_enhances_through_the_public_endpoint(server, tmp_path):
+    client = Client(server, verbose=False, analytics_enabled=False, download_files=tmp_path)
+    assert set(client.view_api(print_info=False, return_format="dict")["named_endpoints"]) == {
+        "/enhance"
+    }
+    slider, gallery, table, files, notes = client.predict(
+        handle_file(str(EXAMPLES / "radiology" / "chest_xray_16bit.png")),
+        ["autocontrast", "clahe"],
+        False,
+        "paper",
+        0,
+        None,
+        api_name="/enhance",
+    )
+    assert len(slider) == 2 and all(Path(p).suffix == ".png" for p in slider)
+    assert [item["caption"].split(" · ")[0] for item in gallery] == [
+        "Input",
+        "Auto-contrast",
+        "CLAHE",
+    ]
+    assert [row[0] for row in table["data"]] == ["Auto-contrast", "CLAHE"]
+    assert [Path(f).name for f in files] == [
+        "chest_xray_16bit_autocontrast.png",
+        "chest_xray_16bit_clahe.png",
+    ]
+    assert dpe.load_image(files[1]).bit_depth == 16 and "16-bit PNG" in notes
+    with pytest.raises(Exception, match="Value: 'nonsense'"):
+        client.predict(None, ["nonsense"], False, "paper", 0, None, api_name="/enhance")
+
+
+def test_study_endpoints_are_not_callable_by_clients(server):
+    client = Client(server, verbose=False, analytics_enabled=False)
+    for name in ("/join_study", "/vote_left", "/show_results", "/export_results"):
+        with pytest.raises(ValueError):
+            client.predict("x", api_name=name)
+
+
+def test_study_and_results_pages_carry_no_method_names(server):
+    for page in ("study", "results"):
+        html = httpx.get(server + page, timeout=30).text
+        assert "gradio_config" in html or "<gradio-app" in html
+        for secret in SECRETS:
+            assert secret.lower() not in html.lower(), (page, secret)
+    assert "CLAHE" in httpx.get(server, timeout=30).text  # the demo page does list them
+
+
+def test_backup_commits_only_fresh_snapshots(open_study, tmp_path):
+    study_id, code = open_study
+
+    class FakeHub:  # stands in for huggingface_hub.HfApi: no network in tests
+        def __init__(self):
+            self.commits = []
+
+        def create_repo(self, repo_id, **options):
+            return SimpleNamespace(repo_id=repo_id)
+
+        def run_as_future(self, fn, *args, **kwargs):
+            future = Future()
+            future.set_result(fn(*args, **kwargs))
+            return future
+
+        def create_commit(self, operations, **options):
+            self.commits.append({op.path_in_repo: op.path_or_fileobj.read() for op in operations})
+
+    def votes_in_snapshot(data: bytes) -> int:
+        copy = tmp_path / f"copy{len(data)}.db"
+        copy.write_bytes(data)
+        with sqlite3.connect(copy) as conn:
+            return conn.execute("SELECT count(*) FROM votes").fetchone()[0]
+
+    hub = FakeHub()
+    scheduler = app.SnapshotScheduler(
+        repo_id="team/study-backup",
+        repo_type="dataset",
+        folder_path=tmp_path / "snapshot",
+        path_in_repo="snapshot",
+        every=60,
+        hf_api=hub,
+        allow_patterns=["*.db"],
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not hub.commits and time.monotonic() < deadline:
+            time.sleep(0.05)  # the scheduler's first commit runs in its own thread
+        v = view(app.join_study(code))
+        for _ in range(app.PRACTICE_TRIALS + 2):
+            v = answer(v.values(), "right")
+        scheduler.trigger().result()
+    finally:
+        scheduler.stop()
+    assert [list(c) for c in hub.commits] == [["snapshot/study.db"], ["snapshot/study.db"]]
+    assert [votes_in_snapshot(c["snapshot/study.db"]) for c in hub.commits] == [0, 2]
+    assert sorted(p.name for p in (tmp_path / "snapshot").iterdir()) == ["study.db"]

@@ -1,0 +1,367 @@
+"""The app in a real browser: Playwright driving Debian's Chromium against a served app.
+
+Needs ``pip install playwright`` and ``apt-get install chromium`` (Playwright's own browser
+download is not used). Nothing here skips: without them these tests fail, as CI should.
+
+The study is three fast reference methods on two tiny images, so every screen is quick. One
+rater session (module fixture) is driven once; the blinding and export tests check what it saw
+and what it stored.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import socket
+import zipfile
+from pathlib import Path
+
+import gradio as gr
+import pytest
+from PIL import Image
+from playwright.sync_api import expect, sync_playwright
+
+import app
+import dpe
+import study
+from dpe.methods import list_methods, method_info
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+STUDY_METHODS = ["identity", "autocontrast", "clahe"]
+# The study's method keys, and every label (labels are long enough never to occur by chance;
+# three-letter keys such as "dpe" could turn up inside a random file name).
+SECRETS = sorted({*STUDY_METHODS, *(method_info(m)["label"] for m in list_methods())})
+TOKEN = "browser-test-token"
+TIMEOUT = 30_000  # ms; a shared 2-core machine may be busy training
+# The answers the rater gives, in order, after the two practice screens.
+CLICKS = ["left", "right", "tie", "both_bad", "left", "right"]
+GRADIO_FRONTEND = Path(gr.__file__).parent / "templates" / "frontend"
+expect.set_options(timeout=TIMEOUT)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The app on 127.0.0.1 with one open study and one invited rater."""
+    root = tmp_path_factory.mktemp("browser")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DPE_DATA_DIR", str(root / "data"))
+        mp.delenv("DPE_ADMIN_TOKEN", raising=False)
+        images = root / "images"
+        for modality, name in [("radiology", "brain_mri_coronal"), ("microscopy", "ihc_colon")]:
+            (images / modality).mkdir(parents=True)
+            src = EXAMPLES / modality / f"{name}.png"
+            Image.open(src).convert("RGB").resize((48, 48)).save(images / modality / "item.png")
+        db = app._db()
+        study_id = study.create_study(
+            db,
+            "Reader study",
+            study.find_images(images),
+            STUDY_METHODS,
+            lambda image, method: dpe.enhance(image, method),
+            labels={m: method_info(m)["label"] for m in STUDY_METHODS},
+            repeat_fraction=0.0,
+            degrade_fn=lambda image, seed: dpe.degrade(image, "paper", seed=seed),
+        )
+        code = study.invite_rater(db, study_id, "Dr A", specialty="radiology").code
+        second = study.invite_rater(db, study_id, "Dr B")
+        port = _free_port()
+        app.demo.launch(
+            **app.LAUNCH_OPTIONS,
+            server_name="127.0.0.1",
+            server_port=port,
+            prevent_thread_lock=True,
+            quiet=True,
+        )
+        try:
+            yield {
+                "url": f"http://127.0.0.1:{port}",
+                "study": study_id,
+                "code": code,
+                "second": second,
+                "mp": mp,
+            }
+        finally:
+            app.demo.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def new_context(browser, hosts: set | None = None):
+    """A fresh browser profile; ``hosts`` collects the host of every request it makes."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    context.set_default_timeout(TIMEOUT)
+    if hosts is not None:
+        context.on("request", lambda request: hosts.add(request.url.split("/")[2]))
+    return context
+
+
+def local_host(server) -> set[str]:
+    return {server["url"].split("/")[2]}
+
+
+# ---------------------------------------------------------------- Enhance page
+
+
+def choose_methods(page, labels: list[str]) -> None:
+    for box in page.locator("#methods input[type=checkbox]").all():
+        if box.is_checked():
+            box.uncheck()
+    for label in labels:
+        page.locator("#methods label", has_text=label).locator("input").check()
+
+
+def table_rows(page) -> dict[str, list[str]]:
+    rows = {}
+    for row in page.locator("#metrics [role=row].virtual-row").all():
+        cells = [c.strip() for c in row.locator("[role=gridcell]").all_inner_texts()]
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_upload_enhance_and_download(browser, server):
+    hosts = set()
+    context = new_context(browser, hosts)
+    page = context.new_page()
+    page.goto(server["url"] + "/")
+    page.set_input_files(
+        "#upload input[type=file]", EXAMPLES / "radiology" / "chest_xray_16bit.png"
+    )
+    expect(page.locator("#preview img")).to_be_visible()
+    expect(page.locator("#notes")).to_contain_text("16-bit PNG")
+    choose_methods(page, ["Auto-contrast", "CLAHE"])
+    page.click("#run")
+    expect(page.locator("#downloads a")).to_have_count(2)
+    expect(page.locator("#results")).to_contain_text("CLAHE")
+    rows = table_rows(page)
+    assert list(rows) == ["Auto-contrast", "CLAHE"]
+    assert all(float(cells[0]) >= 0 for cells in rows.values())  # seconds per method
+    with page.expect_download() as download:
+        page.locator("#downloads a").nth(1).click()
+    assert download.value.suggested_filename == "chest_xray_16bit_clahe.png"
+    saved = dpe.load_image(download.value.path())
+    assert saved.bit_depth == 16 and saved.image.shape == (512, 512, 3)
+    context.close()
+    assert hosts == local_host(server)  # fonts and scripts are local: works offline
+
+
+def test_example_then_simulate_shows_metrics(browser, server):
+    context = new_context(browser)
+    page = context.new_page()
+    page.goto(server["url"] + "/")
+    page.locator("#examples").get_by_text("Microscopy: ihc colon").click()
+    expect(page.locator("#notes")).to_contain_text("ihc_colon")
+    choose_methods(page, ["Input (no enhancement)", "CLAHE"])
+    page.check("#simulate input")
+    page.click("#run")
+    expect(page.locator("#metrics")).to_contain_text("Simulated low-quality input")
+    expect(page.locator("#notes")).to_contain_text("preset paper, seed 0")
+    rows = table_rows(page)
+    assert list(rows) == ["Simulated low-quality input", "Input (no enhancement)", "CLAHE"]
+    for name, cells in rows.items():
+        psnr, ssim, delta_e = (float(x) for x in cells[1:])
+        assert 0 < psnr < 100 and 0 < ssim <= 1 and delta_e >= 0, name
+    assert rows["Input (no enhancement)"][1:] == rows["Simulated low-quality input"][1:]
+    context.close()
+
+
+# ---------------------------------------------------------------- Study page
+
+
+def progress_label(page):
+    return page.locator("#study-progress-label")
+
+
+def answer(page, how: str, expected_next: str) -> None:
+    """Answer the screen on display by mouse or key, then wait for the next screen."""
+    expect(page.locator("#vote-a")).to_be_enabled()  # answers open once the screen is shown
+    how_kind, what = how.split(":")
+    if how_kind == "click":
+        page.click(what)
+    elif how_kind == "dblclick":
+        page.dblclick(what)
+    else:
+        page.keyboard.press(what)
+    if expected_next == "done":
+        expect(page.locator("#study-message")).to_contain_text("answered every trial")
+    else:
+        expect(progress_label(page)).to_have_text(expected_next)
+
+
+@pytest.fixture(scope="module")
+def rater_run(browser, server):
+    """An expert's whole session; returns what the browser saw and received."""
+    hosts = set()
+    context = new_context(browser, hosts)
+    responses, pages_html = [], []
+
+    def keep(response):
+        try:
+            body = response.body()
+        except Exception:  # a redirect or an aborted request has no body
+            body = b""
+        responses.append((response.url, body))
+
+    context.on("response", keep)
+    page = context.new_page()
+    page.goto(server["url"] + "/study")
+    page.fill("#invite-code input, #invite-code textarea", server["code"])
+    page.click("#study-start")
+    expect(progress_label(page)).to_have_text("Practice 1 of 2: not scored")
+    pages_html.append(page.content())
+    answer(page, "click:#vote-a", "Practice 2 of 2: not scored")
+    answer(page, "key:2", "Trial 1 of 6")
+    assert study.load_votes(app._db(), server["study"]).empty  # practice is not scored
+    pages_html.append(page.content())
+    answer(page, "click:#vote-a", "Trial 2 of 6")
+    pages_html.append(page.content())
+    answer(page, "key:ArrowRight", "Trial 3 of 6")
+    page.click("#study-pause")
+    expect(page.locator("#study-resume")).to_be_visible()
+    expect(page.locator("#image-a")).to_be_hidden()
+    page.close()  # the rater closes the tab ...
+
+    page = context.new_page()  # ... and comes back later: the browser remembers the code
+    page.goto(server["url"] + "/study")
+    expect(page.locator("#study-message")).to_contain_text("Welcome back")
+    page.click("#study-start")
+    expect(progress_label(page)).to_have_text("Trial 3 of 6")  # no practice the second time
+    pages_html.append(page.content())
+    answer(page, "dblclick:#vote-tie", "Trial 4 of 6")
+    page.wait_for_timeout(500)  # a second vote from the double click would land by now
+    votes_after_double_click = len(study.load_votes(app._db(), server["study"]))
+    pages_html.append(page.content())
+    answer(page, "key:4", "Trial 5 of 6")
+    pages_html.append(page.content())
+    answer(page, "key:1", "Trial 6 of 6")
+    pages_html.append(page.content())
+    answer(page, "click:#vote-b", "done")
+    pages_html.append(page.content())
+    page.wait_for_timeout(300)
+    context.close()
+    return {
+        "responses": responses,
+        "hosts": hosts,
+        "html": pages_html,
+        "votes_after_double_click": votes_after_double_click,
+    }
+
+
+def _is_gradio_asset(url: str) -> bool:
+    """Gradio's own front-end files: identical in every Gradio app, served from the package."""
+    path = url.split("/", 3)[3].split("?")[0]
+    return path.startswith(("assets/", "static/")) and (GRADIO_FRONTEND / path).is_file()
+
+
+def test_study_records_each_answer_once(rater_run, server):
+    assert rater_run["votes_after_double_click"] == 3  # the double click counted once
+    votes = study.load_votes(app._db(), server["study"])
+    assert list(votes["choice"]) == CLICKS
+    assert votes["trial"].is_unique and (votes["response_ms"] > 0).all()
+
+
+def test_study_pages_and_traffic_reveal_no_method(rater_run, server):
+    assert rater_run["hosts"] == local_host(server)  # no CDN, no analytics
+    assert len(rater_run["html"]) == 8
+    for html in rater_run["html"]:
+        for secret in SECRETS:
+            assert secret.lower() not in html.lower(), secret
+    checked = 0
+    for url, body in rater_run["responses"]:
+        if _is_gradio_asset(url):
+            continue
+        checked += 1
+        text = (url + "\n" + body.decode("utf-8", "replace")).lower()
+        for secret in SECRETS:
+            assert secret.lower() not in text, (secret, url)
+        if "/gradio_api/file=" in url:
+            assert re.fullmatch(r"[A-Za-z0-9_-]{22}\.png", url.rsplit("/", 1)[1]), url
+    images = [u for u, _ in rater_run["responses"] if "/gradio_api/file=" in u]
+    assert checked > 20 and len(images) >= 12  # the checks above saw the real traffic
+
+
+# ---------------------------------------------------------------- Results page
+
+
+def test_results_refuse_without_the_token_and_export_the_clicks(browser, server, rater_run):
+    hosts = set()
+    context = new_context(browser, hosts)
+    page = context.new_page()
+    page.goto(server["url"] + "/results")
+    expect(page.locator("#results-intro")).to_contain_text("DPE_ADMIN_TOKEN")
+    expect(page.locator("#admin-token")).to_be_hidden()
+
+    server["mp"].setenv("DPE_ADMIN_TOKEN", TOKEN)
+    page.reload()
+    expect(page.locator("#results-intro")).to_contain_text("Enter the admin token")
+    page.fill("#admin-token input", "not the token")
+    page.click("#admin-open")
+    expect(page.get_by_text("That admin token is not right.")).to_be_visible()
+    expect(page.locator("#results-status")).to_be_hidden()
+
+    page.fill("#admin-token input", TOKEN)
+    page.click("#admin-open")
+    expect(page.locator("#results-status")).to_contain_text("6 votes of 12 planned (50%)")
+    expect(page.locator("#share-plot .mark-rect path")).to_have_count(3)  # one bar per method
+    expect(page.locator("#win-matrix")).to_contain_text("CLAHE")
+    page.click("#export")
+    link = page.locator("#export-file a")
+    expect(link).to_have_count(1)
+    with page.expect_download() as download:
+        link.click()
+    with zipfile.ZipFile(download.value.path()) as zf:
+        votes_csv = zf.read(f"study-{server['study']}/votes.csv").decode()
+    votes = list(csv.DictReader(io.StringIO(votes_csv)))
+    assert [v["choice"] for v in votes] == CLICKS
+    assert {v["rater"] for v in votes} == {"R01"}
+    methods = {v["method_left"] for v in votes} | {v["method_right"] for v in votes}
+    assert methods == set(STUDY_METHODS)
+    context.close()
+    assert hosts == local_host(server)  # the chart is drawn without a CDN too
+
+
+RACE = ["vote-a", "vote-b", "vote-tie"]
+
+
+def test_answers_racing_each_other_count_once(browser, server):
+    # Three buttons pressed within one browser tick, before any reply: one answer counts,
+    # for the trial on screen, and the next screen is the next trial (not the one after).
+    context = new_context(browser)
+    page = context.new_page()
+    page.goto(server["url"] + "/study")
+    page.fill("#invite-code input, #invite-code textarea", server["second"].code)
+    page.click("#study-start")
+    answer(page, "key:3", "Practice 2 of 2: not scored")
+    answer(page, "key:3", "Trial 1 of 6")
+    expect(page.locator("#vote-a")).to_be_enabled()
+    page.evaluate("ids => ids.forEach(id => document.getElementById(id).click())", RACE)
+    expect(progress_label(page)).to_have_text("Trial 2 of 6")
+    page.wait_for_timeout(500)  # any vote still in flight lands by now
+    expect(progress_label(page)).to_have_text("Trial 2 of 6")
+    votes = study.load_votes(app._db(), server["study"])
+    mine = votes[votes["rater"] == server["second"].pseudonym]
+    assert len(mine) == 1 and mine["choice"].iloc[0] in {"left", "right", "tie"}
+    context.close()
