@@ -15,16 +15,13 @@ and events of each page. Logic lives in ``dpe`` (pixels) and ``study`` (studies)
 from __future__ import annotations
 
 import atexit
+import functools
 import hmac
 import logging
 import os
-import secrets
 import shutil
 import tempfile
 import threading
-import time
-import zipfile
-from functools import lru_cache
 from html import escape
 from pathlib import Path
 
@@ -32,26 +29,25 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import gradio as gr  # noqa: E402
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from huggingface_hub import CommitScheduler  # noqa: E402
 
-import dpe  # noqa: E402
 import study  # noqa: E402
+import study.session  # noqa: E402
+import study.tables  # noqa: E402
 from dpe import demo as dd  # noqa: E402
 from dpe.degrade import PRESETS  # noqa: E402
 from dpe.methods import method_info  # noqa: E402
+from study import hub_backup  # noqa: E402
 from study.design import DESIGNS  # noqa: E402
-
-log = logging.getLogger("app")
+from study.session import Session  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 EXAMPLES_DIR = ROOT / "examples"
+EXAMPLES = dd.example_images(EXAMPLES_DIR)
 TITLE = "Perceptual enhancement of medical images"
 KEEP_SECONDS = 1800  # uploads' decoded pixels and our output files live this long at most
 PRACTICE_TRIALS = 2
 PRACTICE_MODALITIES = ("dermatology", "microscopy")
-BACKUP_EVERY_MINUTES = 10
 # Process-wide scratch folder for downloads and exports; Gradio copies what it serves into its
 # own cache, which delete_cache sweeps, so ours is pruned on every call.
 OUTPUT_ROOT = Path(tempfile.gettempdir()) / f"dpe-app-{os.getpid()}"
@@ -76,33 +72,28 @@ def _db() -> study.StudyDB:
         return _DBS[path]
 
 
-def _to_uint8(image: np.ndarray) -> np.ndarray:
-    return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
+def _user_errors(callback):
+    """Show the errors a user can cause (ValueError, e.g. StudyError, ImageError) as alerts."""
+
+    @functools.wraps(callback)  # Gradio reads the signature and docstring through the wrapper
+    def shown(*args, **kwargs):
+        try:
+            return callback(*args, **kwargs)
+        except gr.Error:
+            raise
+        except ValueError as exc:
+            raise gr.Error(str(exc)) from None
+
+    return shown
 
 
 def _output_dir() -> Path:
-    """A fresh folder for one response's files; folders older than KEEP_SECONDS are removed."""
-    dd.prune_old(OUTPUT_ROOT, KEEP_SECONDS)
-    OUTPUT_ROOT.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=OUTPUT_ROOT))
+    return dd.fresh_output_dir(OUTPUT_ROOT, KEEP_SECONDS)
 
 
 def _discard_upload(path: str | None) -> None:
-    """Delete an uploaded file once read, so uploads are not kept after the response.
-
-    Only files inside Gradio's upload folder are touched (never an example or a user's path).
-    """
-    if not path:
-        return
-    upload_root = Path(gr.utils.get_upload_folder()).resolve()
-    file = Path(path).resolve()
-    if upload_root not in file.parents:
-        return
-    file.unlink(missing_ok=True)
-    try:
-        file.parent.rmdir()  # Gradio keeps each upload in a folder of its own
-    except OSError:
-        pass
+    # Uploads are not kept after the response; only Gradio's upload folder is ever touched.
+    dd.discard_upload(path, gr.utils.get_upload_folder())
 
 
 # ---------------------------------------------------------------- Enhance page
@@ -128,7 +119,7 @@ def load_upload(path: str | None):
     if not path:
         return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
     prepared = _prepare(path, "this file")
-    return prepared, None, _to_uint8(prepared.image), "\n\n".join(prepared.notes), None
+    return prepared, None, dd.to_uint8(prepared.image), "\n\n".join(prepared.notes), None
 
 
 def load_reference(path: str | None):
@@ -141,11 +132,11 @@ def load_reference(path: str | None):
 
 def load_example(evt: gr.SelectData):
     """Load the example the visitor clicked in the gallery."""
-    example = EXAMPLES[evt.index]
-    prepared = dd.prepare(example.path)
-    return prepared, None, _to_uint8(prepared.image), "\n\n".join(prepared.notes)
+    prepared = dd.prepare(EXAMPLES[evt.index].path)
+    return prepared, None, dd.to_uint8(prepared.image), "\n\n".join(prepared.notes)
 
 
+@_user_errors
 def enhance(
     image: str | None,
     methods: list[str],
@@ -167,37 +158,23 @@ def enhance(
     if prepared is None:
         raise gr.Error("Upload an image first, or click one of the examples.")
     ref = _prepare(reference, "the reference") if reference else loaded_reference
-    notes = list(prepared.notes)
-    if ref is not None and simulate:
-        notes.append(
-            "The reference is not used while simulating: the clean image is the reference."
-        )
-    try:
-        enhanced = dd.enhance_prepared(
-            prepared.image,
-            list(methods or []),
-            simulate_preset=preset if simulate else None,
-            seed=int(seed or 0),
-            reference=None if simulate or ref is None else ref.image,
-        )
-    except ValueError as exc:
-        raise gr.Error(str(exc)) from None
-    notes += enhanced.notes
+    enhanced = dd.enhance_upload(
+        prepared,
+        list(methods or []),
+        simulate_preset=preset if simulate else None,
+        seed=int(seed or 0),
+        reference=ref,
+    )
     files = dd.write_results(enhanced, _output_dir(), prepared.name, bits=prepared.bit_depth)
-    shown = [r for r in enhanced.results if r.image is not None]
-    gallery = [(_to_uint8(enhanced.input), "Low-quality input" if simulate else "Input")]
-    if simulate:
-        gallery.append((_to_uint8(enhanced.reference), "Clean original"))
-    gallery += [(_to_uint8(r.image), f"{r.label} · {r.seconds:.2f} s") for r in shown]
-    slider = (_to_uint8(enhanced.input), _to_uint8(shown[0].image)) if shown else None
     table = pd.DataFrame(dd.metrics_rows(enhanced), columns=dd.METRIC_HEADERS)
-    return slider, gallery, table, [str(f) for f in files], "\n\n".join(notes)
+    notes = "\n\n".join(enhanced.notes)
+    return dd.before_after(enhanced), dd.gallery(enhanced), table, [str(f) for f in files], notes
 
 
 # ---------------------------------------------------------------- Study page
-# A rater's session is a dict kept server-side in gr.State: rater and study ids, the practice
-# pairs still to do, and what is on screen now. Only images (under random names), progress
-# and the study's own title and instructions are sent to the browser.
+# A rater's study.session.Session is kept server-side in gr.State. Only images (under random
+# names), progress, the screen's token and the study's own title and instructions are sent
+# to the browser.
 
 STUDY_HELP = (
     "Each screen shows two versions, **A** and **B**, of the same image, made from the small "
@@ -208,80 +185,35 @@ STUDY_HELP = (
     "**Pause** any time: your answers are saved, and the same code brings you back to where "
     "you stopped, on any device."
 )
+THANKS = {
+    "closed": "The study team has closed this study. Your answers are saved; thank you!",
+    "finished": "You have answered every trial. Thank you! You can close this tab.",
+}
+SESSION_ENDED = "Your session has ended; enter your invite code again to continue."
 
 
-@lru_cache(maxsize=1)
+@functools.lru_cache(maxsize=1)
 def _practice() -> tuple[tuple[str, str, str], ...]:
     """Practice pairs, made once per process from two examples (random file names)."""
-    picks = [next(e.path for e in EXAMPLES if e.modality == m) for m in PRACTICE_MODALITIES]
-    pairs = dd.practice_pairs(picks[:PRACTICE_TRIALS], PRACTICE_DIR, seed=7)
+    picks = dd.examples_of(EXAMPLES, PRACTICE_MODALITIES)[:PRACTICE_TRIALS]
+    pairs = dd.practice_pairs(picks, PRACTICE_DIR, seed=7)
     return tuple((str(p.source), str(p.left), str(p.right)) for p in pairs)
 
 
-def _trial_source(db: study.StudyDB, trial_id: int) -> Path | None:
-    # study.Trial carries only the two candidates; the low-quality input is looked up here.
-    rows = db.query(
-        "SELECT i.study, i.input_name FROM trials t JOIN items i ON i.id = t.item WHERE t.id = ?",
-        [trial_id],
-    )
-    return db.media_root / rows[0]["study"] / rows[0]["input_name"] if rows else None
-
-
-def _next_screen(db: study.StudyDB, session: dict) -> dict:
-    """The session with its next screen: a practice pair, the next trial, or None when done.
-
-    Each screen gets a fresh random ``screen`` token; the browser sends it back with an answer,
-    so an answer can only ever count for the screen the rater was looking at.
-    """
-    practice = session["practice"]
-    if practice:
-        source, left, right = practice[0]
-        done = PRACTICE_TRIALS - len(practice)
-        current = {"kind": "practice", "source": source, "left": left, "right": right}
-        current |= {"done": done, "total": PRACTICE_TRIALS}
-    else:
-        trial = study.next_trial(db, session["rater"])
-        current = None
-        if trial is not None:
-            source = _trial_source(db, trial.trial_id) if session["show_source"] else None
-            current = {
-                "kind": "trial",
-                "trial_id": trial.trial_id,
-                "source": str(source) if source else None,
-                "left": str(study.stimulus_path(db, trial.left)),
-                "right": str(study.stimulus_path(db, trial.right)),
-                "done": trial.done,
-                "total": trial.total,
-            }
-    screen = secrets.token_hex(8)
-    return {**session, "current": current, "screen": screen, "served_at": time.monotonic()}
-
-
-def _progress_html(current: dict) -> str:
-    done, total = current["done"], current["total"]
-    if current["kind"] == "practice":
-        label = f"Practice {done + 1} of {total}: not scored"
-    else:
-        label = f"Trial {done + 1} of {total}"
-    return (
-        f'<div class="study-progress"><progress max="{total}" value="{done}"></progress>'
-        f'<span id="study-progress-label">{label}</span></div>'
-    )
-
-
-def _study_view(session: dict | None, screen: str, message: str = "", *, enabled=True) -> tuple:
+def _study_view(session: Session | None, view: str, message: str = "", *, enabled=True) -> tuple:
     """Updates for every study widget between the session and the remembered code (see
-    STUDY_OUTPUTS), for the "join", "trial", "paused" or "done" screen."""
-    current = (session or {}).get("current")
-    if screen == "trial" and current:
-        header = f"### {escape(session['title'])}\n\n{session['instructions']}"
-        images = (current["source"], current["left"], current["right"])
-        progress = _progress_html(current)
+    STUDY_OUTPUTS), for the "join", "trial", "paused" or "done" view."""
+    screen = session.screen if session else None
+    if view == "trial" and screen:
+        header = f"### {escape(session.title)}\n\n{session.instructions}"
+        images = (screen.source, screen.left, screen.right)
+        practice = screen.kind == "practice"
+        progress = study.tables.progress_html(screen.done, screen.total, practice=practice)
     else:
         header, images, progress = "", (None, None, None), ""
     return (
-        (session or {}).get("screen", ""),
-        *(gr.Column(visible=screen == name) for name in ("join", "trial", "paused", "done")),
+        session.token if session else "",
+        *(gr.Column(visible=view == name) for name in ("join", "trial", "paused", "done")),
         message,
         header,
         progress,
@@ -292,14 +224,10 @@ def _study_view(session: dict | None, screen: str, message: str = "", *, enabled
     )
 
 
-def _show(session: dict, *, enabled: bool = True, remembered=None) -> tuple:
+def _show(session: Session, *, enabled: bool = True, remembered=None) -> tuple:
     remembered = gr.skip() if remembered is None else remembered
-    if session["current"] is None:
-        left = study.rater_progress(_db(), session["rater"])
-        if left["done"] < left["total"]:
-            thanks = "The study team has closed this study. Your answers are saved; thank you!"
-        else:
-            thanks = "You have answered every trial. Thank you! You can close this tab."
+    if session.screen is None:
+        thanks = THANKS[study.session.ending(_db(), session)]
         return session, *_study_view(session, "done", thanks), remembered
     return session, *_study_view(session, "trial", enabled=enabled), remembered
 
@@ -311,31 +239,15 @@ def restore_code(remembered: str | None):
     return remembered, "Welcome back. Press **Start** to continue where you stopped."
 
 
+@_user_errors
 def join_study(code: str):
     """Sign a rater in with their invite code and show practice or their next trial."""
-    code = (code or "").strip()
-    if not code:
-        raise gr.Error("Enter the invite code the study team gave you.")
-    db = _db()
-    try:
-        rater = study.rater_by_token(db, code)
-        info = study.get_study(db, rater["study"])
-        done = study.rater_progress(db, rater["id"])["done"]
-    except study.StudyError as exc:
-        raise gr.Error(str(exc)) from None
-    if info["status"] != "open":
-        raise gr.Error("This study is not taking votes at the moment; the study team can say when.")
-    session = {
-        "rater": rater["id"],
-        "title": info["title"],
-        "instructions": info["instructions"] or "",
-        "show_source": bool(info["settings"].get("show_source", True)),
-        "practice": _practice() if done == 0 else (),
-    }
-    return _show(_next_screen(db, session), remembered=code)
+    session = study.session.join(_db(), code, _practice())
+    return _show(session, remembered=(code or "").strip())
 
 
-def vote(session: dict | None, screen: str | None, choice: str):
+@_user_errors
+def vote(session: Session | None, screen: str | None, choice: str):
     """Record ``choice`` for the screen the browser showed (``screen``), then show the next.
 
     Practice answers are not recorded. An answer for a screen that is no longer current (a
@@ -343,28 +255,12 @@ def vote(session: dict | None, screen: str | None, choice: str):
     event that follows enables them once the new screen is on display.
     """
     if not session:
-        raise gr.Error("Your session has ended; enter your invite code again to continue.")
-    if screen != session["screen"] or session["current"] is None:
-        return _show(session, enabled=False)
-    current = session["current"]
-    db = _db()
-    if current["kind"] == "trial":
-        elapsed = int((time.monotonic() - session["served_at"]) * 1000)
-        try:
-            study.record_vote(
-                db, session["rater"], current["trial_id"], choice, response_ms=elapsed
-            )
-        except study.VoteConflictError:
-            pass  # answered meanwhile from another tab: the first answer stands
-        except study.StudyError as exc:
-            raise gr.Error(str(exc)) from None
-    else:
-        session = {**session, "practice": session["practice"][1:]}
-    return _show(_next_screen(db, session), enabled=False)
+        raise gr.Error(SESSION_ENDED)
+    return _show(study.session.answer(_db(), session, screen, choice), enabled=False)
 
 
 def _voter(choice: str):
-    def record(session: dict | None, screen: str | None):
+    def record(session: Session | None, screen: str | None):
         return vote(session, screen, choice)
 
     record.__name__ = f"vote_{choice}"
@@ -376,21 +272,39 @@ def enable_answers():
     return tuple(gr.Button(interactive=True) for _ in range(5))
 
 
-def pause(session: dict | None):
+def pause(session: Session | None):
     """Hide the images; votes so far are already stored."""
     return session, *_study_view(session, "paused"), gr.skip()
 
 
-def resume(session: dict | None):
+def resume(session: Session | None):
     """Continue with the trial that was on screen when the rater paused."""
     if not session:
         return None, *_study_view(None, "join", "Enter your invite code to continue."), gr.skip()
-    return _show(_next_screen(_db(), session))
+    return _show(study.session.resume(_db(), session))
 
 
 def forget_me():
     """Sign out on this device: the browser forgets the code."""
     return None, *_study_view(None, "join", "Signed out on this device."), None
+
+
+@_user_errors
+def show_profile(session: Session | None):
+    """After joining: fill the optional profile form with what is stored."""
+    if not session:
+        return gr.skip(), gr.skip(), ""
+    stored = study.session.profile(_db(), session)
+    return stored["specialty"] or "", stored["years_experience"], ""
+
+
+@_user_errors
+def save_profile(session: Session | None, specialty: str | None, years: float | None) -> str:
+    """Store the rater's optional profile; an empty years field leaves it as it was."""
+    if not session:
+        raise gr.Error(SESSION_ENDED)
+    study.update_rater(_db(), session.rater, specialty=specialty or "", years_experience=years)
+    return "Profile saved. Thank you!"
 
 
 # ---------------------------------------------------------------- Results page
@@ -418,187 +332,43 @@ def results_intro():
     return ADMIN_OFF, gr.Row(visible=False)
 
 
-def _study_choices() -> list[tuple[str, str]]:
-    return [
-        (f"{s['title']} ({s['id']}, {s['status']})", s["id"]) for s in study.list_studies(_db())
-    ]
+def _study_picker(current: str | None) -> gr.Dropdown:
+    studies = study.tables.study_choices(_db())
+    return gr.Dropdown(choices=studies, value=study.tables.keep_choice(studies, current))
 
 
 def open_results(token: str):
     """Check the token, then show the researcher views with the newest study selected."""
     _require_admin(token)
-    studies = _study_choices()
-    return (
-        gr.Column(visible=True),
-        gr.Dropdown(choices=studies, value=studies[0][1] if studies else None),
-        method_choices(),
-        "",
-    )
+    return gr.Column(visible=True), _study_picker(None), method_choices(), ""
 
 
 def refresh_studies(token: str, current: str | None):
     """Re-read the list of studies, keeping the selection."""
     _require_admin(token)
-    studies = _study_choices()
-    keep = current if current in {k for _, k in studies} else (studies[0][1] if studies else None)
-    return gr.Dropdown(choices=studies, value=keep)
+    return _study_picker(current)
 
 
-# Typed even when empty: a plot first drawn from untyped columns never draws bars later.
-EMPTY_SHARE = pd.DataFrame(
-    {"method": pd.Series([], dtype=str), "share": pd.Series([], dtype=float)}
-)
-
-
+@_user_errors
 def show_results(token: str, study_id: str | None):
     """Status, preference shares, Bradley–Terry scores, win matrix, modalities, rater quality."""
     _require_admin(token)
     if not study_id:
-        return ("No study yet: create one below.", None, EMPTY_SHARE, None, "", None, None)
-    db = _db()
-    try:
-        status = study.progress(db, study_id)
-        report = study.analyse_study(db, study_id)
-    except study.StudyError as exc:
-        raise gr.Error(str(exc)) from None
-    labels = report["study"]["labels"]
-    return (
-        _status_markdown(status, report),
-        _raters_frame(status),
-        _share_frame(report["overall"], labels),
-        _ratings_frame([("all", report["overall"])], labels),
-        _win_matrix_html(report["overall"], report["methods"], labels),
-        _ratings_frame(list(report["by_modality"].items()), labels),
-        _quality_frame(report["rater_quality"]),
-    )
+        empty = study.tables.empty_share()
+        return ("No study yet: create one below.", None, empty, None, "", None, None)
+    return tuple(study.tables.result_tables(_db(), study_id))
 
 
-def _status_markdown(status: dict, report: dict) -> str:
-    raters = status["raters"]
-    planned = sum(r["total"] for r in raters)
-    complete = sum(1 for r in raters if r["total"] and r["done"] >= r["total"])
-    share = f"{status['votes'] / planned:.0%}" if planned else "-"
-    agreement = report["overall"].get("agreement") or {}
-    alpha = agreement.get("krippendorff_alpha")
-    alpha_text = f"{alpha:.2f}" if isinstance(alpha, float) and np.isfinite(alpha) else "-"
-    return (
-        f"### {escape(status['title'])} ({status['study']})\n"
-        f"**{status['status']}**, {status['design']} design, {status['items']} images × "
-        f"{len(status['methods'])} methods ({status['stimuli']} stimuli). "
-        f"**{status['votes']}** votes of {planned} planned ({share}) from {len(raters)} raters, "
-        f"{complete} finished. Krippendorff's α {alpha_text}. Intervals are 95%, from "
-        f"{report['n_bootstrap']} rater resamples."
-    )
-
-
-def _raters_frame(status: dict) -> pd.DataFrame:
-    rows = [
-        [r["pseudonym"], r["specialty"] or "-", r["done"], r["total"], r["last_seen"] or "never"]
-        for r in status["raters"]
-    ]
-    return pd.DataFrame(rows, columns=["Rater", "Specialty", "Votes", "Planned", "Last seen"])
-
-
-def _share_frame(section: dict, labels: dict) -> pd.DataFrame:
-    rows = [(labels.get(r["method"], r["method"]), r["share"]) for r in section.get("ratings", [])]
-    frame = pd.DataFrame(rows, columns=["method", "share"]).astype(EMPTY_SHARE.dtypes.to_dict())
-    return frame.sort_values("share", ascending=False)
-
-
-def _interval(value, lower, upper) -> str:
-    if value is None:
-        return "-"
-    if lower is None or upper is None:
-        return f"{value:+.2f}"
-    return f"{value:+.2f} [{lower:+.2f}, {upper:+.2f}]"
-
-
-def _ratings_frame(sections: list[tuple[str, dict]], labels: dict) -> pd.DataFrame:
-    rows = []
-    for name, section in sections:
-        for r in sorted(section.get("ratings", []), key=lambda r: (r["rank"], -r["bt"])):
-            rows.append(
-                [
-                    name,
-                    r["rank"],
-                    labels.get(r["method"], r["method"]),
-                    None if r["share"] is None else round(r["share"], 3),
-                    _interval(r["bt"], r["bt_lower"], r["bt_upper"]),
-                    _interval(r["jod"], r["jod_lower"], r["jod_upper"]),
-                    r["comparisons"],
-                ]
-            )
-    columns = ["Images", "Rank", "Method", "Share", "BT [95% CI]", "JOD [95% CI]", "Comparisons"]
-    return pd.DataFrame(rows, columns=columns)
-
-
-def _win_matrix_html(section: dict, methods: list[str], labels: dict) -> str:
-    """Row method preferred over column method, as a share of their votes, shaded like a heatmap."""
-    share = {}
-    for p in section.get("pairs", []):
-        if p["votes"]:
-            share[p["method_a"], p["method_b"]] = (p["a_share"], p["votes"])
-            share[p["method_b"], p["method_a"]] = (1 - p["a_share"], p["votes"])
-    head = "".join(f"<th>{escape(labels.get(m, m))}</th>" for m in methods)
-    body = []
-    for a in methods:
-        cells = []
-        for b in methods:
-            if (a, b) not in share:
-                cells.append('<td class="empty">-</td>')
-                continue
-            value, n = share[a, b]
-            # 0 -> red, 0.5 -> white, 1 -> green; opacity carries the distance from a draw.
-            colour = "22,163,74" if value >= 0.5 else "220,38,38"
-            alpha = abs(value - 0.5) * 2
-            cells.append(
-                f'<td style="background: rgba({colour},{alpha:.2f})" title="{n} votes">'
-                f"{value:.0%}</td>"
-            )
-        body.append(f"<tr><th>{escape(labels.get(a, a))}</th>{''.join(cells)}</tr>")
-    return (
-        '<table class="win-matrix"><caption>How often the row method was preferred to the '
-        "column method (ties count half)</caption>"
-        f"<tr><th></th>{head}</tr>{''.join(body)}</table>"
-    )
-
-
-QUALITY_COLUMNS = {
-    "rater": "Rater",
-    "votes": "Votes",
-    "repeat_pairs": "Repeats",
-    "flip_rate": "Flip rate",
-    "circular_triads": "Circular triads",
-    "zeta": "Consistency ζ",
-    "loo_loglik": "LOO log-lik",
-    "outlier": "Outlier",
-    "median_response_ms": "Median ms",
-}
-
-
-def _quality_frame(rows: list[dict]) -> pd.DataFrame:
-    frame = pd.DataFrame(rows, columns=list(QUALITY_COLUMNS))
-    return frame.rename(columns=QUALITY_COLUMNS).round(3)
-
-
+@_user_errors
 def export_results(token: str, study_id: str | None) -> str:
     """One zip of what ``python -m study export`` writes: CSV tables, report.json, study.db."""
     _require_admin(token)
     if not study_id:
         raise gr.Error("Choose a study to export.")
-    out = _output_dir()
-    try:
-        written = study.export_study(_db(), study_id, out / "export")
-    except study.StudyError as exc:
-        raise gr.Error(str(exc)) from None
-    archive = out / f"study-{study_id}-export.zip"
-    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
-        for path in written.values():
-            zf.write(path, f"study-{study_id}/{path.name}")
-    shutil.rmtree(out / "export", ignore_errors=True)
-    return str(archive)
+    return str(study.export_zip(_db(), study_id, _output_dir()))
 
 
+@_user_errors
 def create_study(
     token: str,
     title: str,
@@ -623,51 +393,39 @@ def create_study(
         images = [study.SourceImage(Path(f), label) for f in files]
     else:
         raise gr.Error("Upload the study's images, or tick 'Use the example images'.")
-    degraded = preset in PRESETS
+    preset = preset if preset in PRESETS else None  # "none": the images are low quality
     try:
         study_id = study.create_study(
             _db(),
             title,
             images,
             list(methods or []),
-            lambda image, method: dpe.enhance(image, method),
             instructions=instructions or "",
             labels={m: method_info(m)["label"] for m in methods or []},
             design=design,
             repeat_fraction=float(repeat_fraction),
-            degrade_fn=(lambda image, s: dpe.degrade(image, preset, seed=s)) if degraded else None,
             seed=int(seed or 0),
-            read_fn=lambda path: dd.prepare(path).image,
-            settings={
-                "show_source": bool(show_source),
-                "degrade_preset": preset if degraded else None,
-            },
+            settings={"show_source": bool(show_source), "degrade_preset": preset},
             progress=lambda done, total: progress((done, total), desc="Enhancing", unit="images"),
+            **dd.study_functions(preset),
         )
-    except ValueError as exc:
-        raise gr.Error(str(exc)) from None
     finally:
         for f in files or []:
             _discard_upload(f)
     message = f"Study **{study_id}** is open with {len(images)} images. Invite raters below."
-    return message, gr.Dropdown(choices=_study_choices(), value=study_id)
+    return message, _study_picker(study_id)
 
 
+@_user_errors
 def invite(token: str, study_id: str | None, name: str, specialty: str, years: float | None):
     """Add a rater; their invite code is shown here once and stored only as a hash."""
     _require_admin(token)
     if not study_id:
         raise gr.Error("Choose a study first.")
-    try:
-        new = study.invite_rater(
-            _db(),
-            study_id,
-            name,
-            specialty=specialty or "",
-            years_experience=None if years in (None, "") else int(years),
-        )
-    except ValueError as exc:
-        raise gr.Error(str(exc)) from None
+    years = None if years in (None, "") else int(years)
+    new = study.invite_rater(
+        _db(), study_id, name, specialty=specialty or "", years_experience=years
+    )
     message = (
         f"Rater **{new.pseudonym}** invited. Give them this code (it is shown only once); they "
         "join on the **Study** page."
@@ -675,62 +433,14 @@ def invite(token: str, study_id: str | None, name: str, specialty: str, years: f
     return new.code, message
 
 
+@_user_errors
 def close_selected(token: str, study_id: str | None):
     """Stop a study taking votes."""
     _require_admin(token)
     if not study_id:
         raise gr.Error("Choose a study first.")
-    try:
-        study.close_study(_db(), study_id)
-    except study.StudyError as exc:
-        raise gr.Error(str(exc)) from None
-    return gr.Dropdown(choices=_study_choices(), value=study_id)
-
-
-# ---------------------------------------------------------------- hosting: backups
-
-
-class SnapshotScheduler(CommitScheduler):
-    """Every few minutes, upload a ``VACUUM INTO`` snapshot of the study database to the Hub.
-
-    The live database (and its WAL file) is never uploaded: only ``snapshot/study.db``, a
-    consistent single-file copy rewritten before each commit.
-    """
-
-    def push_to_hub(self):
-        with self.lock:
-            write_snapshot(self.folder_path / "study.db")
-        return super().push_to_hub()
-
-
-def write_snapshot(target: Path) -> Path:
-    """Replace ``target`` with a fresh consistent copy of the study database."""
-    partial = target.with_name(target.name + ".partial")
-    partial.unlink(missing_ok=True)
-    study.backup(_db(), partial)
-    os.replace(partial, target)
-    return target
-
-
-def start_backup() -> SnapshotScheduler | None:
-    """Back the study up to ``DPE_BACKUP_REPO`` when it and ``HF_TOKEN`` are set; else None."""
-    token, repo = os.environ.get("HF_TOKEN"), os.environ.get("DPE_BACKUP_REPO")
-    if not (token and repo):
-        return None
-    try:
-        return SnapshotScheduler(
-            repo_id=repo,
-            repo_type="dataset",
-            folder_path=study.data_dir() / "snapshot",
-            path_in_repo="snapshot",
-            every=BACKUP_EVERY_MINUTES,
-            private=True,
-            token=token,
-            allow_patterns=["*.db"],
-        )
-    except Exception as exc:  # offline or no access: the app must still start
-        log.warning("study backups to %s are off: %s", repo, exc)
-        return None
+    study.close_study(_db(), study_id)
+    return _study_picker(study_id)
 
 
 # ================================================================ layout and wiring
@@ -798,7 +508,6 @@ STUDY = {**PRIVATE, "concurrency_id": "study", "concurrency_limit": 4}
 ADMIN = {**PRIVATE, "concurrency_id": "results", "concurrency_limit": 1}
 HEAVY = {"concurrency_id": "enhance", "concurrency_limit": 1}  # torch already uses every core
 
-EXAMPLES = dd.example_images(EXAMPLES_DIR)
 
 # ---------------------------------------------------------------- Enhance page (/)
 
@@ -925,6 +634,14 @@ with demo.route("Study", "/study"):
             vote_tie = gr.Button("Tie  [3]", elem_id="vote-tie")
             vote_bad = gr.Button("Both unacceptable  [4]", elem_id="vote-bad")
         pause_button = gr.Button("Pause", size="sm", elem_id="study-pause")
+        with gr.Accordion("Your profile (optional)", open=False, elem_id="study-profile"):
+            with gr.Row():
+                profile_specialty = gr.Textbox(label="Specialty", elem_id="profile-specialty")
+                profile_years = gr.Number(
+                    label="Years of experience", precision=0, minimum=0, elem_id="profile-years"
+                )
+            profile_save = gr.Button("Save profile", size="sm", elem_id="profile-save")
+            profile_message = gr.Markdown(elem_id="profile-message")
     with gr.Column(visible=False) as paused_box:
         gr.Markdown(
             "**Paused.** Every answer so far is saved. Close this tab if you like: this "
@@ -942,7 +659,9 @@ with demo.route("Study", "/study"):
 
     demo.load(restore_code, remembered, [code, message], **STUDY)
     for trigger in (start.click, code.submit):
-        trigger(join_study, code, STUDY_OUTPUTS, **STUDY)
+        trigger(join_study, code, STUDY_OUTPUTS, **STUDY).success(
+            show_profile, session, [profile_specialty, profile_years, profile_message], **STUDY
+        )
     for button, choice in zip([vote_a, vote_b, vote_tie, vote_bad], study.CHOICES, strict=True):
         # The screen token is read when the button is pressed, before anything else runs.
         button.click(
@@ -951,6 +670,9 @@ with demo.route("Study", "/study"):
     pause_button.click(pause, session, STUDY_OUTPUTS, **STUDY)
     resume_button.click(resume, session, STUDY_OUTPUTS, **STUDY)
     forget_button.click(forget_me, None, STUDY_OUTPUTS, **STUDY)
+    profile_save.click(
+        save_profile, [session, profile_specialty, profile_years], profile_message, **STUDY
+    )
 
 # ---------------------------------------------------------------- Results page (/results)
 
@@ -968,7 +690,7 @@ with demo.route("Results", "/results"):
         status = gr.Markdown(elem_id="results-status")
         raters = gr.Dataframe(label="Raters", interactive=False)
         share_plot = gr.BarPlot(
-            EMPTY_SHARE,
+            study.tables.empty_share(),
             x="method",
             y="share",
             y_lim=[0, 1],
@@ -1052,7 +774,7 @@ demo.queue(default_concurrency_limit=2, max_size=64)
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
-    start_backup()
+    hub_backup.start_backup(_db())
     # Study images may live outside the working and temp folders (a Space's /data): allow
     # exactly their folder, never the database beside it.
     demo.launch(**LAUNCH_OPTIONS, allowed_paths=[str(_db().media_root)])

@@ -1,8 +1,10 @@
 """What the demo does with an upload, as plain functions the app wires to widgets.
 
 Kept out of ``app.py`` so it is testable without Gradio: size limiting with a visible note,
-running several methods with their timings, metrics against a clean reference, lossless
-downloads, the examples gallery and the practice pairs shown to experts before a study.
+running several methods with their timings, metrics against a clean reference, what the page
+shows of the results, lossless downloads and their folders, discarding uploads, the examples
+gallery, the practice pairs shown to experts before a study and the functions a study is
+built with.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import os
 import re
 import secrets
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,6 +187,56 @@ def enhance_prepared(
     return Enhanced(image, results, reference, input_metrics, notes, bool(simulate_preset))
 
 
+REFERENCE_UNUSED = "The reference is not used while simulating: the clean image is the reference."
+
+
+def enhance_upload(
+    prepared: Prepared,
+    methods: list[str],
+    *,
+    simulate_preset: str | None = None,
+    seed: int = 0,
+    reference: Prepared | None = None,
+) -> Enhanced:
+    """:func:`enhance_prepared` on a loaded upload, scored against a loaded ``reference``.
+
+    The notes start with the upload's own; while simulating, the clean image is the
+    reference and a given ``reference`` is set aside with a note.
+    """
+    notes = list(prepared.notes)
+    if reference is not None and simulate_preset:
+        notes.append(REFERENCE_UNUSED)
+    enhanced = enhance_prepared(
+        prepared.image,
+        list(methods),
+        simulate_preset=simulate_preset,
+        seed=seed,
+        reference=None if simulate_preset or reference is None else reference.image,
+    )
+    enhanced.notes[:0] = notes
+    return enhanced
+
+
+def gallery(enhanced: Enhanced) -> list[tuple[np.ndarray, str]]:
+    """(uint8 image, caption) for the side-by-side view: the input (and the clean original
+    when simulating), then each method that ran, with its time."""
+    items = [(to_uint8(enhanced.input), "Low-quality input" if enhanced.simulated else "Input")]
+    if enhanced.simulated:
+        items.append((to_uint8(enhanced.reference), "Clean original"))
+    items += [
+        (to_uint8(r.image), f"{r.label} · {r.seconds:.2f} s")
+        for r in enhanced.results
+        if r.image is not None
+    ]
+    return items
+
+
+def before_after(enhanced: Enhanced) -> tuple[np.ndarray, np.ndarray] | None:
+    """The input and the first method's output as uint8, or None when no method ran."""
+    shown = [r.image for r in enhanced.results if r.image is not None]
+    return (to_uint8(enhanced.input), to_uint8(shown[0])) if shown else None
+
+
 def describe_degradation(params: dict, seed: int) -> str:
     """One sentence on the draws that made a simulated low-quality image."""
     parts = [
@@ -259,6 +312,39 @@ def prune_old(root: str | os.PathLike, max_age_s: float) -> int:
     return removed
 
 
+def fresh_output_dir(root: str | os.PathLike, max_age_s: float) -> Path:
+    """A new empty folder under ``root`` for one response's files.
+
+    Folders under ``root`` older than ``max_age_s`` seconds are removed first, so files
+    handed out for download do not pile up.
+    """
+    root = Path(root)
+    prune_old(root, max_age_s)
+    root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(dir=root))
+
+
+def discard_upload(path: str | os.PathLike | None, upload_root: str | os.PathLike) -> bool:
+    """Delete an uploaded file once read, with its folder when that is left empty.
+
+    Only files inside ``upload_root`` are touched, never an example or another path a
+    caller sends. Returns whether a file was deleted.
+    """
+    if not path:
+        return False
+    root = Path(upload_root).resolve()
+    file = Path(path).resolve()
+    if root not in file.parents or not file.is_file():
+        return False
+    file.unlink(missing_ok=True)
+    if file.parent != root:
+        try:
+            file.parent.rmdir()  # each upload arrives in a folder of its own
+        except OSError:
+            pass  # not empty
+    return True
+
+
 @dataclass(frozen=True)
 class Example:
     """An image from ``examples/``: its file, modality (the folder) and a readable title."""
@@ -285,6 +371,19 @@ def example_images(root: str | os.PathLike) -> list[Example]:
     return sorted(found, key=lambda e: (rank.get(e.modality, len(rank)), e.path.name))
 
 
+def examples_of(examples: list[Example], modalities: tuple[str, ...]) -> list[Path]:
+    """The first example of each modality in ``modalities`` that has one, in that order."""
+    first = {}
+    for e in examples:
+        first.setdefault(e.modality, e.path)
+    return [first[m] for m in modalities if m in first]
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """A float image in [0, 1] as uint8 for display (clipped, rounded)."""
+    return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
 def thumbnail(path: str | os.PathLike, size: int = 192) -> np.ndarray:
     """A uint8 preview of an image file, at most ``size`` pixels on its longer side."""
     image = load_image(path).image
@@ -294,7 +393,26 @@ def thumbnail(path: str | os.PathLike, size: int = 192) -> np.ndarray:
         image = resize(
             image, (max(1, round(h * scale)), max(1, round(w * scale))), anti_aliasing=True
         )
-    return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
+    return to_uint8(image)
+
+
+def study_functions(preset: str | None = None) -> dict:
+    """Keyword arguments that let ``study.create_study`` make its stimuli with dpe.
+
+    ``enhance_fn`` runs a registered method, ``read_fn`` reads every format the demo reads
+    (fitted to its size limit) and ``degrade_fn`` applies the degradation ``preset`` first;
+    it is None when ``preset`` is None (the images are already low quality).
+    """
+    from dpe import enhance
+
+    def degrade_fn(image: np.ndarray, seed: int) -> np.ndarray:
+        return degrade(image, preset, seed=seed)
+
+    return {
+        "enhance_fn": enhance,
+        "degrade_fn": degrade_fn if preset is not None else None,
+        "read_fn": lambda path: prepare(path).image,
+    }
 
 
 @dataclass(frozen=True)

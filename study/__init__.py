@@ -11,6 +11,10 @@ Typical use (the app does the same behind its pages)::
     rater = study.rater_by_token(db, invite.code)         # the code the rater types in
     trial = study.next_trial(db, rater["id"])             # trial.as_dict() goes to the browser
     study.record_vote(db, rater["id"], trial.trial_id, "left", response_ms=2300)
+
+Submodules imported on their own: ``study.session`` (a rater's screens, one answer each, for
+a UI), ``study.tables`` (results as frames and HTML) and ``study.hub_backup`` (snapshots to
+the Hugging Face Hub).
 """
 
 from study.analysis import analyse, analyse_study, format_report, load_votes
@@ -37,7 +41,7 @@ from study.db import (
     data_dir,
     open_db,
 )
-from study.export import export_study
+from study.export import export_study, export_zip
 from study.trials import (
     InvalidInviteError,
     Invite,
@@ -51,6 +55,7 @@ from study.trials import (
     rater_by_token,
     rater_progress,
     record_vote,
+    update_rater,
 )
 
 __all__ = [
@@ -75,6 +80,7 @@ __all__ = [
     "create_study",
     "data_dir",
     "export_study",
+    "export_zip",
     "find_images",
     "format_report",
     "get_study",
@@ -90,4 +96,5 @@ __all__ = [
     "read_image",
     "record_vote",
     "stimulus_path",
+    "update_rater",
 ]

@@ -326,11 +326,14 @@ def study_media(db: StudyDB, study_id: str) -> Path:
 
 
 def stimulus_path(db: StudyDB, name: str) -> Path:
-    """The file behind an opaque image reference served in a trial."""
+    """The file behind an opaque image reference served in a trial: a candidate or a source.
+
+    Only names the database knows resolve, so a crafted name never reaches other files.
+    """
     row = db.query_one(
-        """SELECT i.study FROM stimuli s JOIN items i ON i.id = s.item
-           WHERE s.opaque_name = ?""",
-        [name],
+        """SELECT i.study FROM stimuli s JOIN items i ON i.id = s.item WHERE s.opaque_name = ?
+           UNION ALL SELECT study FROM items WHERE input_name = ?""",
+        [name, name],
         missing=f"no image {name!r}; it may belong to a deleted study.",
     )
     return db.media_root / row["study"] / name

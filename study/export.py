@@ -11,7 +11,9 @@ import csv
 import json
 import math
 import os
+import shutil
 import sqlite3
+import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -151,6 +153,26 @@ def export_study(
     written["database"] = _scrubbed_snapshot(db, snapshot)
     log_event(db, study_id, "export_taken", json.dumps({"votes": int(len(votes))}))
     return written
+
+
+def export_zip(db: StudyDB, study_id: str, out_dir: str | os.PathLike) -> Path:
+    """:func:`export_study`'s files in one ``study-<id>-export.zip`` written into ``out_dir``.
+
+    Inside, the files sit in a folder ``study-<id>/``; no loose copies are left beside the zip.
+    """
+    out = Path(out_dir)
+    staging = out / f"study-{study_id}"
+    archive = out / f"study-{study_id}-export.zip"
+    if staging.exists() or archive.exists():
+        raise StudyError(f"{out} already holds an export of {study_id}; choose an empty folder.")
+    try:
+        written = export_study(db, study_id, staging)
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+            for path in written.values():
+                zf.write(path, f"{staging.name}/{path.name}")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return archive
 
 
 def _sections(report: dict) -> list[tuple[str, dict]]:

@@ -1,7 +1,8 @@
 """Raters, their trial plans, serving the next trial and recording votes.
 
 What leaves this module towards a rater is a :class:`Trial`: a trial id, two opaque image
-names and progress. Method keys and labels stay server-side.
+names (and that of their low-quality source) and progress. Method keys and labels stay
+server-side.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import random
 import secrets
 from dataclasses import dataclass
@@ -16,6 +18,8 @@ from dataclasses import dataclass
 from study.create import get_study
 from study.db import CHOICES, StudyDB, StudyError, log_event, now_iso
 from study.design import PlannedTrial, balanced_plan, bt_posterior, choose_active_trial
+
+MAX_YEARS = 80  # a profile's years of experience; more is a typo
 
 
 class InvalidInviteError(StudyError):
@@ -41,13 +45,18 @@ class Invite:
 
 @dataclass(frozen=True)
 class Trial:
-    """What a rater is shown: nothing here may reveal a method."""
+    """What a rater is shown: nothing here may reveal a method.
+
+    ``source`` is the opaque name of the low-quality input both candidates were made from
+    (the same for every method), or None when the study's ``show_source`` setting is off.
+    """
 
     trial_id: int
     left: str
     right: str
     done: int
     total: int
+    source: str | None = None
 
     def as_dict(self) -> dict:
         """The JSON-ready form sent to a rater's browser."""
@@ -174,9 +183,51 @@ def rater_by_token(db: StudyDB, code: str) -> dict:
     return rater[0]
 
 
+def update_rater(
+    db: StudyDB,
+    rater_id: int,
+    *,
+    specialty: str | None = None,
+    years_experience: int | None = None,
+) -> dict:
+    """Change a rater's profile; None leaves a field as it is. Returns the stored profile.
+
+    Raters fill this in themselves after joining, so bad values raise :class:`StudyError`
+    with a message for them.
+    """
+    changes = {}
+    if specialty is not None:
+        changes["specialty"] = str(specialty).strip()
+    if years_experience is not None:
+        changes["years_experience"] = _check_years(years_experience)
+    rater = _rater(db, rater_id)
+    if changes:
+        with db.atomic() as tx:
+            tx["raters"].update(rater_id, changes)
+            detail = json.dumps({"rater": rater["pseudonym"], "fields": sorted(changes)})
+            log_event(db, rater["study"], "rater_profile_updated", detail)
+    return db.query_one(
+        "SELECT specialty, years_experience FROM raters WHERE id = ?",
+        [rater_id],
+        missing=f"no rater with id {rater_id}.",
+    )
+
+
+def _check_years(value) -> int:
+    try:
+        years = float(value)
+    except (TypeError, ValueError):
+        years = math.nan
+    if not years.is_integer() or not 0 <= years <= MAX_YEARS:
+        raise StudyError(
+            f"years of experience must be a whole number from 0 to {MAX_YEARS}; got {value!r}."
+        )
+    return int(years)
+
+
 def _rater(db: StudyDB, rater_id: int) -> dict:
     return db.query_one(
-        "SELECT id, study, plan_seed FROM raters WHERE id = ?",
+        "SELECT id, study, pseudonym, plan_seed FROM raters WHERE id = ?",
         [rater_id],
         missing=f"no rater with id {rater_id}; sign in again with your invite code.",
     )
@@ -202,13 +253,16 @@ def next_trial(db: StudyDB, rater_id: int) -> Trial | None:
     if trial is None:
         return None
     done, total = _progress_of(db, rater_id)
-    return Trial(trial["id"], trial["left_name"], trial["right_name"], done, total)
+    source = trial["source_name"] if study["settings"].get("show_source", True) else None
+    return Trial(trial["id"], trial["left_name"], trial["right_name"], done, total, source)
 
 
 def _first_unanswered(db: StudyDB, rater_id: int) -> dict | None:
     rows = db.query(
-        """SELECT t.id, sl.opaque_name AS left_name, sr.opaque_name AS right_name
+        """SELECT t.id, sl.opaque_name AS left_name, sr.opaque_name AS right_name,
+                  i.input_name AS source_name
            FROM trials t
+           JOIN items i ON i.id = t.item
            JOIN stimuli sl ON sl.item = t.item AND sl.method = t.left_method
            JOIN stimuli sr ON sr.item = t.item AND sr.method = t.right_method
            LEFT JOIN votes v ON v.trial = t.id

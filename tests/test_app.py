@@ -11,12 +11,8 @@ import io
 import secrets
 import shutil
 import socket
-import sqlite3
-import time
 import zipfile
-from concurrent.futures import Future
 from pathlib import Path
-from types import SimpleNamespace
 
 import gradio as gr
 import httpx
@@ -301,6 +297,23 @@ def test_source_image_can_be_hidden(data_dir, tmp_path):
     assert v["source"].visible is False and v["a"] is not None
 
 
+def test_rater_profile_is_prefilled_and_saved(open_study):
+    study_id, code = open_study
+    session = view(app.join_study(code))["session"]
+    assert app.show_profile(session) == ("radiology", None, "")  # as the study team entered it
+    assert "Profile saved" in app.save_profile(session, " dermatology ", 12)
+    assert app.show_profile(session) == ("dermatology", 12, "")
+    assert study.progress(app._db(), study_id)["raters"][0]["specialty"] == "dermatology"
+    app.save_profile(session, "", None)  # an emptied specialty is cleared; empty years stay
+    assert app.show_profile(session)[:2] == ("", 12)
+    with pytest.raises(gr.Error, match="years of experience must be a whole number"):
+        app.save_profile(session, "radiology", -2)
+    assert app.show_profile(session)[:2] == ("", 12)
+    with pytest.raises(gr.Error, match="session has ended"):
+        app.save_profile(None, "radiology", 3)
+    assert app.show_profile(None) == (gr.skip(), gr.skip(), "")
+
+
 # ---------------------------------------------------------------- Results page
 
 
@@ -390,33 +403,6 @@ def test_researchers_create_a_study_and_invite_from_the_page(data_dir, tmp_path,
         )  # fmt: skip
 
 
-# ---------------------------------------------------------------- hosting
-
-
-def test_backup_is_off_without_settings_and_offline(open_study, monkeypatch, caplog):
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setenv("DPE_BACKUP_REPO", "someone/study-backup")
-    assert app.start_backup() is None
-    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert app.start_backup() is None  # no network: the app still starts
-    assert "backups to someone/study-backup are off" in caplog.text
-
-
-def test_snapshot_is_a_consistent_copy_replaced_in_place(open_study, tmp_path):
-    study_id, code = open_study
-    target = tmp_path / "snapshot" / "study.db"
-    target.parent.mkdir()
-    app.write_snapshot(target)
-    v = view(app.join_study(code))
-    for _ in range(app.PRACTICE_TRIALS + 1):
-        v = answer(v.values(), "left")
-    app.write_snapshot(target)  # overwrites: the scheduler uploads one file, not a pile
-    assert sorted(p.name for p in target.parent.iterdir()) == ["study.db"]
-    with sqlite3.connect(target) as conn:
-        assert conn.execute("SELECT count(*) FROM votes").fetchone() == (1,)
-
-
 # ---------------------------------------------------------------- the served app
 
 
@@ -497,52 +483,3 @@ def test_study_and_results_pages_carry_no_method_names(server):
         for secret in SECRETS:
             assert secret.lower() not in html.lower(), (page, secret)
     assert "CLAHE" in httpx.get(server, timeout=30).text  # the demo page does list them
-
-
-def test_backup_commits_only_fresh_snapshots(open_study, tmp_path):
-    study_id, code = open_study
-
-    class FakeHub:  # stands in for huggingface_hub.HfApi: no network in tests
-        def __init__(self):
-            self.commits = []
-
-        def create_repo(self, repo_id, **options):
-            return SimpleNamespace(repo_id=repo_id)
-
-        def run_as_future(self, fn, *args, **kwargs):
-            future = Future()
-            future.set_result(fn(*args, **kwargs))
-            return future
-
-        def create_commit(self, operations, **options):
-            self.commits.append({op.path_in_repo: op.path_or_fileobj.read() for op in operations})
-
-    def votes_in_snapshot(data: bytes) -> int:
-        copy = tmp_path / f"copy{len(data)}.db"
-        copy.write_bytes(data)
-        with sqlite3.connect(copy) as conn:
-            return conn.execute("SELECT count(*) FROM votes").fetchone()[0]
-
-    hub = FakeHub()
-    scheduler = app.SnapshotScheduler(
-        repo_id="team/study-backup",
-        repo_type="dataset",
-        folder_path=tmp_path / "snapshot",
-        path_in_repo="snapshot",
-        every=60,
-        hf_api=hub,
-        allow_patterns=["*.db"],
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while not hub.commits and time.monotonic() < deadline:
-            time.sleep(0.05)  # the scheduler's first commit runs in its own thread
-        v = view(app.join_study(code))
-        for _ in range(app.PRACTICE_TRIALS + 2):
-            v = answer(v.values(), "right")
-        scheduler.trigger().result()
-    finally:
-        scheduler.stop()
-    assert [list(c) for c in hub.commits] == [["snapshot/study.db"], ["snapshot/study.db"]]
-    assert [votes_in_snapshot(c["snapshot/study.db"]) for c in hub.commits] == [0, 2]
-    assert sorted(p.name for p in (tmp_path / "snapshot").iterdir()) == ["study.db"]

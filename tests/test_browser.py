@@ -365,3 +365,32 @@ def test_answers_racing_each_other_count_once(browser, server):
     mine = votes[votes["rater"] == server["second"].pseudonym]
     assert len(mine) == 1 and mine["choice"].iloc[0] in {"left", "right", "tie"}
     context.close()
+
+
+def test_rater_fills_in_the_optional_profile(browser, server):
+    context = new_context(browser)
+    page = context.new_page()
+    page.goto(server["url"] + "/study")
+    page.fill("#invite-code input, #invite-code textarea", server["second"].code)
+    page.click("#study-start")
+    expect(page.locator("#vote-a")).to_be_enabled()
+    specialty = page.locator("#profile-specialty input, #profile-specialty textarea")
+    years = page.locator("#profile-years input")
+    page.get_by_text("Your profile (optional)").click()
+    expect(specialty).to_have_value("")  # invited without one
+    specialty.fill("pathology")
+    years.fill("11")
+    page.click("#profile-save")
+    expect(page.locator("#profile-message")).to_contain_text("Profile saved")
+    stored = app._db().query(
+        "SELECT specialty, years_experience FROM raters WHERE id = ?", [server["second"].rater_id]
+    )
+    assert stored == [{"specialty": "pathology", "years_experience": 11}]
+    page.reload()  # back later: the form shows what is stored
+    expect(page.locator("#study-message")).to_contain_text("Welcome back")
+    page.click("#study-start")
+    expect(page.locator("#vote-a")).to_be_enabled()
+    page.get_by_text("Your profile (optional)").click()
+    expect(specialty).to_have_value("pathology")
+    expect(years).to_have_value("11")
+    context.close()

@@ -1,4 +1,5 @@
 import os
+import re
 import time
 from pathlib import Path
 
@@ -139,3 +140,110 @@ def test_practice_pairs_have_random_names_and_one_clean_side(tmp_path):
     sides = [dpe.load_image(p).image for p in (pair.left, pair.right)]
     matches = [np.abs(s - clean).max() < 1 / 255 for s in sides]
     assert sorted(matches) == [False, True]  # exactly one side is the clean original
+
+
+def test_to_uint8_clips_and_rounds():
+    image = np.array([[[-0.1, 0.0, 0.5], [0.999, 1.0, 1.2]]], dtype=np.float32)
+    out = demo.to_uint8(image)
+    assert out.dtype == np.uint8 and out.tolist() == [[[0, 0, 128], [255, 255, 255]]]
+
+
+def _prepared(tmp_path, name: str, seed: int) -> demo.Prepared:
+    pixels = (np.random.default_rng(seed).random((24, 24, 3)) * 200 + 20).astype(np.uint8)
+    return demo.prepare(_png(tmp_path / name, pixels))
+
+
+def test_enhance_upload_scores_against_the_reference_and_keeps_the_notes(tmp_path):
+    image, reference = _prepared(tmp_path, "scan.png", 5), _prepared(tmp_path, "clean.png", 6)
+    out = demo.enhance_upload(image, ["identity", "autocontrast"], reference=reference)
+    assert out.notes[: len(image.notes)] == image.notes and demo.REFERENCE_UNUSED not in out.notes
+    assert out.reference is reference.image and not out.simulated
+    assert out.results[0].metrics == pytest.approx(
+        dpe.metrics.compare(reference.image, image.image)
+    )
+    sim = demo.enhance_upload(
+        image, ["identity"], simulate_preset="paper", seed=2, reference=reference
+    )
+    assert sim.simulated and sim.reference is image.image  # the clean image is the reference
+    assert sim.notes[len(image.notes)] == demo.REFERENCE_UNUSED
+    assert "preset **paper**, seed **2**" in sim.notes[-1]
+    plain = demo.enhance_upload(image, ["identity"], simulate_preset="paper")
+    assert demo.REFERENCE_UNUSED not in plain.notes
+
+
+def test_gallery_and_before_after_show_what_ran(tmp_path, monkeypatch):
+    monkeypatch.setattr("dpe.weights.WEIGHTS_DIR", tmp_path)  # dpe has no weights: it fails
+    monkeypatch.setattr("dpe.methods._CACHE", {})
+    image = _prepared(tmp_path, "scan.png", 7)
+    out = demo.enhance_upload(image, ["dpe", "clahe"])
+    captions = [caption for _, caption in demo.gallery(out)]
+    assert captions[0] == "Input" and re.fullmatch(r"CLAHE · \d+\.\d\d s", captions[1])
+    assert len(captions) == 2  # the failed method is in the notes, not the gallery
+    before, after = demo.before_after(out)
+    assert before.dtype == after.dtype == np.uint8
+    assert np.array_equal(before, demo.to_uint8(image.image))
+    assert np.array_equal(after, demo.to_uint8(out.results[1].image))
+    sim = demo.enhance_upload(image, ["identity"], simulate_preset="clinical")
+    shown = demo.gallery(sim)
+    assert [c for _, c in shown][:2] == ["Low-quality input", "Clean original"]
+    assert np.array_equal(shown[1][0], demo.to_uint8(image.image))
+    assert demo.before_after(demo.enhance_upload(image, ["dpe"])) is None
+
+
+def test_discard_upload_deletes_only_inside_the_upload_folder(tmp_path):
+    root = tmp_path / "uploads"
+    upload = root / "abc123" / "scan.png"
+    upload.parent.mkdir(parents=True)
+    upload.write_bytes(b"x")
+    kept = tmp_path / "examples" / "scan.png"
+    kept.parent.mkdir()
+    kept.write_bytes(b"x")
+    assert demo.discard_upload(kept, root) is False and kept.exists()
+    assert demo.discard_upload(root / ".." / "examples" / "scan.png", root) is False
+    assert kept.exists()
+    assert demo.discard_upload(None, root) is False
+    assert demo.discard_upload(upload, root) is True
+    assert not upload.exists() and not upload.parent.exists() and root.is_dir()
+
+
+def test_fresh_output_dir_is_new_each_time_and_prunes_old_ones(tmp_path):
+    root = tmp_path / "out"
+    first, second = demo.fresh_output_dir(root, 600), demo.fresh_output_dir(root, 600)
+    assert first != second and first.parent == second.parent == root
+    assert first.is_dir() and list(first.iterdir()) == []
+    past = time.time() - 3600
+    os.utime(first, (past, past))
+    demo.fresh_output_dir(root, 600)
+    assert not first.exists() and second.exists()
+
+
+def test_examples_of_picks_the_first_of_each_modality_in_order():
+    examples = [
+        demo.Example(Path("r1.png"), "radiology", "R1"),
+        demo.Example(Path("m1.png"), "microscopy", "M1"),
+        demo.Example(Path("m2.png"), "microscopy", "M2"),
+    ]
+    picked = demo.examples_of(examples, ("microscopy", "dermatology", "radiology"))
+    assert picked == [Path("m1.png"), Path("r1.png")]  # no dermatology example: skipped
+
+
+def test_study_functions_let_a_study_enhance_and_degrade_with_dpe(tmp_path):
+    import study
+
+    (tmp_path / "in").mkdir()
+    source = _png(tmp_path / "in" / "scan.png", np.full((16, 16, 3), 120, np.uint8))
+    db = study.open_db(tmp_path / "data" / "study.db")
+    study_id = study.create_study(
+        db, "T", [source], ["identity", "autocontrast"], **demo.study_functions("paper")
+    )
+    (item,) = db.query("SELECT input_name, reference_name FROM items")
+    media = tmp_path / "data" / "media" / study_id
+    clean = study.read_image(media / item["reference_name"])
+    low = study.read_image(media / item["input_name"])
+    assert np.allclose(clean, 120 / 255) and not np.allclose(low, clean)
+    expected = demo.to_uint8(demo.degrade(clean, "paper", seed=0)) / 255
+    assert np.abs(low - expected).max() <= 1 / 255 + 1e-6  # the preset, seeded from 0
+    plain = demo.study_functions(None)
+    assert plain["degrade_fn"] is None
+    assert np.array_equal(plain["enhance_fn"](clean, "identity"), clean)
+    assert plain["read_fn"](source).shape == (16, 16, 3)

@@ -1,0 +1,162 @@
+"""A rater's way through a study: unscored practice screens first, then their trials.
+
+A :class:`Session` is an immutable value kept server-side per browser tab; each function
+takes one and returns a new one. Every screen gets a fresh random token, and an answer
+counts only when it carries the token of the screen on display: a double click, a second
+button pressed before the reply or a stale tab records nothing. No Gradio here; the app
+turns sessions into widgets and :class:`~study.db.StudyError` messages into alerts.
+
+Pausing needs no state of its own: answers are stored as they arrive, and :func:`resume`
+serves the rater's first unanswered screen again with a fresh token and timer.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from study.create import get_study, stimulus_path
+from study.db import CHOICES, StudyDB, StudyError
+from study.trials import (
+    InvalidInviteError,
+    StudyNotOpenError,
+    VoteConflictError,
+    next_trial,
+    rater_by_token,
+    rater_progress,
+    record_vote,
+)
+
+Practice = tuple[str, str, str]  # image files of one unscored screen: source, left, right
+
+
+@dataclass(frozen=True)
+class Screen:
+    """What a rater answers now: image files (server-side paths) and progress.
+
+    ``kind`` is "practice" (not scored) or "trial"; ``source`` is None when the study hides
+    the low-quality source.
+    """
+
+    kind: Literal["practice", "trial"]
+    source: str | None
+    left: str
+    right: str
+    done: int
+    total: int
+    trial_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Session:
+    """A signed-in rater, the practice screens still to do, and the screen on display.
+
+    ``screen`` is None once nothing is left to answer (see :func:`ending`).
+    """
+
+    rater: int
+    title: str
+    instructions: str = ""
+    practice: tuple[Practice, ...] = ()
+    practice_total: int = 0
+    screen: Screen | None = None
+    token: str = ""
+    served_at: float = 0.0  # time.monotonic() when the screen was served
+
+
+def join(db: StudyDB, code: str, practice: Sequence[Sequence[str | os.PathLike]] = ()) -> Session:
+    """Sign a rater in with their invite code and serve their first screen.
+
+    ``practice`` holds (source, left, right) image files shown before the first trial, only
+    to raters who have not voted yet. Raises :class:`StudyError` with a message for the rater.
+    """
+    code = (code or "").strip()
+    if not code:
+        raise InvalidInviteError("Enter the invite code the study team gave you.")
+    rater = rater_by_token(db, code)
+    info = get_study(db, rater["study"])
+    done = rater_progress(db, rater["id"])["done"]
+    if info["status"] != "open":
+        raise StudyNotOpenError(
+            "This study is not taking votes at the moment; the study team can say when."
+        )
+    todo = tuple(_practice(p) for p in practice) if done == 0 else ()
+    session = Session(rater["id"], info["title"], info["instructions"] or "", todo, len(todo))
+    return next_screen(db, session)
+
+
+def _practice(files: Sequence[str | os.PathLike]) -> Practice:
+    source, left, right = (str(f) for f in files)
+    return source, left, right
+
+
+def next_screen(db: StudyDB, session: Session) -> Session:
+    """The session showing its next screen (a practice pair, else the next trial, else None).
+
+    Always under a fresh token, with the response timer restarted.
+    """
+    if session.practice:
+        source, left, right = session.practice[0]
+        done = session.practice_total - len(session.practice)
+        screen = Screen("practice", source, left, right, done, session.practice_total)
+    else:
+        trial = next_trial(db, session.rater)
+        screen = None
+        if trial is not None:
+            screen = Screen(
+                "trial",
+                str(stimulus_path(db, trial.source)) if trial.source else None,
+                str(stimulus_path(db, trial.left)),
+                str(stimulus_path(db, trial.right)),
+                trial.done,
+                trial.total,
+                trial.trial_id,
+            )
+    return replace(session, screen=screen, token=secrets.token_hex(8), served_at=time.monotonic())
+
+
+def answer(db: StudyDB, session: Session, token: str | None, choice: str) -> Session:
+    """Record ``choice`` for the screen whose token is ``token``, then serve the next screen.
+
+    Practice answers are not stored. An answer for any other screen (or once nothing is on
+    display) changes nothing and returns ``session`` itself. A trial answered meanwhile from
+    another tab keeps its first answer. Raises :class:`StudyError` when the study closed.
+    """
+    if choice not in CHOICES:
+        raise StudyError(f"choice must be one of {', '.join(CHOICES)}; got {choice!r}.")
+    screen = session.screen
+    if screen is None or not token or token != session.token:
+        return session
+    if screen.kind == "trial":
+        elapsed_ms = int((time.monotonic() - session.served_at) * 1000)
+        try:
+            record_vote(db, session.rater, screen.trial_id, choice, response_ms=elapsed_ms)
+        except VoteConflictError:
+            pass  # the first answer stands
+    else:
+        session = replace(session, practice=session.practice[1:])
+    return next_screen(db, session)
+
+
+def resume(db: StudyDB, session: Session) -> Session:
+    """Continue after a pause: the first unanswered screen, with a fresh token and timer."""
+    return next_screen(db, session)
+
+
+def ending(db: StudyDB, session: Session) -> Literal["finished", "closed"]:
+    """Why a session has no screen: every trial answered, or the study closed before that."""
+    left = rater_progress(db, session.rater)
+    return "closed" if left["done"] < left["total"] else "finished"
+
+
+def profile(db: StudyDB, session: Session) -> dict:
+    """The rater's own profile: ``specialty`` and ``years_experience`` (None when not given)."""
+    return db.query_one(
+        "SELECT specialty, years_experience FROM raters WHERE id = ?",
+        [session.rater],
+        missing="your session has ended; enter your invite code again.",
+    )
