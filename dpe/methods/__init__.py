@@ -12,6 +12,7 @@ import importlib
 import threading
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -26,6 +27,37 @@ class Method(Protocol):
 
 class UnknownMethodError(ValueError):
     """The method name is not registered."""
+
+
+@dataclass(frozen=True)
+class FunctionMethod:
+    """A method that is a plain function ``fn(image, *, option=default, ...) -> image``.
+
+    ``defaults`` override ``fn``'s keyword defaults; ``enhance`` options override both. It keeps
+    no state, so one instance serves every thread.
+    """
+
+    name: str
+    label: str
+    fn: Callable[..., np.ndarray]
+    defaults: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self._check(self.defaults)
+
+    def _check(self, options: dict) -> None:
+        allowed = self.fn.__kwdefaults__ or {}
+        unknown = sorted(set(options) - set(allowed))
+        if unknown:
+            raise ValueError(
+                f"unknown option(s) {', '.join(unknown)} for method {self.name!r}; "
+                f"allowed: {', '.join(sorted(allowed)) or 'none'}."
+            )
+
+    def enhance(self, image: np.ndarray, **options) -> np.ndarray:
+        """Run ``fn`` on ``image`` with the merged options; float32 out."""
+        self._check(options)
+        return np.asarray(self.fn(image, **{**self.defaults, **options}), dtype=np.float32)
 
 
 _REGISTRY: dict[str, Callable[..., Method]] = {}

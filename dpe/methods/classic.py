@@ -7,13 +7,11 @@ contrast-limited adaptive histogram equalisation.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from skimage.exposure import equalize_adapthist
 
 from dpe._image import luminance
-from dpe.methods import register_method
+from dpe.methods import FunctionMethod, register_method
 
 
 def autocontrast(image: np.ndarray, *, low: float = 1.0, high: float = 99.0) -> np.ndarray:
@@ -26,20 +24,6 @@ def autocontrast(image: np.ndarray, *, low: float = 1.0, high: float = 99.0) -> 
     return np.clip((image - lo) / (hi - lo), 0, 1).astype(np.float32)
 
 
-@dataclass(frozen=True)
-class _Function:
-    name: str
-    label: str
-    fn: object
-
-    def enhance(self, image: np.ndarray, **options) -> np.ndarray:
-        try:
-            out = self.fn(image, **options)
-        except TypeError as exc:  # an option this method does not have
-            raise ValueError(f"{self.name}: {exc}") from None
-        return np.asarray(out, dtype=np.float32)
-
-
 def _identity(image: np.ndarray) -> np.ndarray:
     return image.copy()
 
@@ -49,15 +33,15 @@ def _clahe(image: np.ndarray, *, clip_limit: float = 0.01) -> np.ndarray:
 
 
 @register_method("identity", label="Input (no enhancement)", kind="reference")
-def identity() -> _Function:
-    return _Function("identity", "Input (no enhancement)", _identity)
+def identity() -> FunctionMethod:
+    return FunctionMethod("identity", "Input (no enhancement)", _identity)
 
 
 @register_method("autocontrast", label="Auto-contrast", kind="reference")
-def autocontrast_method() -> _Function:
-    return _Function("autocontrast", "Auto-contrast", autocontrast)
+def autocontrast_method() -> FunctionMethod:
+    return FunctionMethod("autocontrast", "Auto-contrast", autocontrast)
 
 
 @register_method("clahe", label="CLAHE", kind="reference")
-def clahe() -> _Function:
-    return _Function("clahe", "CLAHE", _clahe)
+def clahe() -> FunctionMethod:
+    return FunctionMethod("clahe", "CLAHE", _clahe)

@@ -10,19 +10,16 @@ pixel by pixel, the best exposed, most contrasted and most saturated of the thre
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import cv2
 import numpy as np
 
 from dpe._image import as_rgb_float
-from dpe.methods import register_method
+from dpe.methods import FunctionMethod, register_method
 from dpe.methods.lime import (
     _check_bool,
     _check_positive,
     _check_solver_options,
     _lime,
-    _merge_options,
     denoise_recompose,
 )
 
@@ -85,21 +82,7 @@ def fuse_exposures(images: list[np.ndarray]) -> np.ndarray:
     return np.clip(fused[..., ::-1], 0.0, 1.0).astype(np.float32)
 
 
-@dataclass(frozen=True)
-class DUAL:
-    """The ``dual`` method. ``enhance`` keeps no state, so one instance serves every thread."""
-
-    name: str = "dual"
-    label: str = "DUAL (Zhang et al. 2019)"
-    defaults: dict = field(default_factory=dict)
-
-    def enhance(self, image: np.ndarray, **options) -> np.ndarray:
-        """Run :func:`dual` with this method's defaults overridden by ``options``."""
-        return dual(image, **_merge_options(dual, self.defaults, options, self.name))
-
-
 @register_method("dual", label="DUAL (Zhang et al. 2019)", kind="classic")
-def create_dual(**defaults) -> DUAL:
+def create_dual(**defaults) -> FunctionMethod:
     """Build the ``dual`` method; ``defaults`` are options of :func:`dual`."""
-    _merge_options(dual, {}, defaults, "dual")
-    return DUAL(defaults=dict(defaults))
+    return FunctionMethod("dual", "DUAL (Zhang et al. 2019)", dual, defaults)

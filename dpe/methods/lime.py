@@ -23,7 +23,6 @@ recomposed as R o T^gamma + R_denoised o (1 - T^gamma), as in the paper.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -33,7 +32,7 @@ from scipy import ndimage
 from scipy.linalg.lapack import dpttrf, dpttrs
 
 from dpe._image import as_rgb_float, luminance
-from dpe.methods import register_method
+from dpe.methods import FunctionMethod, register_method
 
 __all__ = [
     "denoise_recompose",
@@ -215,24 +214,10 @@ def _denoise_luma(y: np.ndarray, noise: float) -> np.ndarray:
 # Registry entry
 
 
-@dataclass(frozen=True)
-class LIME:
-    """The ``lime`` method. ``enhance`` keeps no state, so one instance serves every thread."""
-
-    name: str = "lime"
-    label: str = "LIME (Guo et al. 2017)"
-    defaults: dict = field(default_factory=dict)
-
-    def enhance(self, image: np.ndarray, **options) -> np.ndarray:
-        """Run :func:`lime` with this method's defaults overridden by ``options``."""
-        return lime(image, **_merge_options(lime, self.defaults, options, self.name))
-
-
 @register_method("lime", label="LIME (Guo et al. 2017)", kind="classic")
-def create_lime(**defaults) -> LIME:
+def create_lime(**defaults) -> FunctionMethod:
     """Build the ``lime`` method; ``defaults`` are options of :func:`lime`."""
-    _merge_options(lime, {}, defaults, "lime")
-    return LIME(defaults=dict(defaults))
+    return FunctionMethod("lime", "LIME (Guo et al. 2017)", lime, defaults)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,17 +230,6 @@ def _lime(image, alpha, sigma, gamma, strategy, solver, eps):
     t_gamma = np.power(np.maximum(t, np.float32(eps)), np.float32(gamma), dtype=np.float32)
     enhanced = np.clip(image / t_gamma[..., None], 0.0, 1.0)
     return enhanced.astype(np.float32, copy=False), t_gamma
-
-
-def _merge_options(func, defaults: dict, options: dict, name: str) -> dict:
-    allowed = func.__kwdefaults__ or {}
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ValueError(
-            f"unknown option(s) {', '.join(unknown)} for method {name!r}; "
-            f"allowed: {', '.join(sorted(allowed))}."
-        )
-    return {**defaults, **options}
 
 
 def _check_map(t_hat, name) -> np.ndarray:
