@@ -5,6 +5,8 @@ Generator: ``L1(G(x), y) + L_RFL + 1e-3 * BCE(D(G(x)), 1)``, where the regularis
 by the mean absolute difference of their horizontal and vertical gradients. Discriminator: BCE
 against smoothed labels, clean ~ U[0.7, 1.2) and enhanced ~ U[0, 0.3), the clean ones clamped
 into [0, 1] (the official code lets them exceed 1, which BCE does not define).
+
+At the end: the losses of the deep baselines RetinexNet and DRAN.
 """
 
 from __future__ import annotations
@@ -126,4 +128,103 @@ class GeneratorLoss(nn.Module):
             bce = F.binary_cross_entropy_with_logits(disc.logits(output), ones)
             terms["adversarial"] = obj.adversarial_weight * bce
         total = sum(terms.values())
+        return total, {k: float(v.detach()) for k, v in terms.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Baselines. DRAN trains with plain L1(output, clean): the pixel-only Objective above. RetinexNet's
+# two stages need its decomposition of both images, not only its output, so its loss runs the
+# model itself: ``RetinexLoss(stage)(model, low, clean) -> (total, terms)``.
+
+GRAY = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma weights, for gray(R)
+
+
+def illumination_smoothness(illumination: torch.Tensor, reflectance: torch.Tensor) -> torch.Tensor:
+    """RetinexNet's structure-aware smoothness: mean(|∇L| · exp(−10 · |∇ gray(R)|)).
+
+    Summed over the horizontal and vertical forward differences, each term a mean over pixels.
+    ``illumination`` is (B, 1, H, W), ``reflectance`` (B, 3, H, W).
+    """
+    weights = torch.tensor(GRAY, dtype=reflectance.dtype).view(1, 3, 1, 1)
+    gray = (reflectance * weights).sum(dim=1, keepdim=True)  # (B, 1, H, W)
+    total = illumination.new_zeros(())
+    for dim in (-1, -2):
+        grad_l = torch.diff(illumination, dim=dim).abs()  # (B, 1, H, W-1), then (B, 1, H-1, W)
+        grad_r = torch.diff(gray, dim=dim).abs()
+        total = total + (grad_l * torch.exp(-10 * grad_r)).mean()
+    return total
+
+
+def decomposition_loss(
+    low: torch.Tensor,
+    normal: torch.Tensor,
+    decomposed_low: tuple[torch.Tensor, torch.Tensor],
+    decomposed_normal: tuple[torch.Tensor, torch.Tensor],
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """RetinexNet's Decom-Net loss, from both images and their (R, L) decompositions.
+
+    Σ_ij λ_ij ‖R_i ∘ L_j − S_j‖₁ (λ = 1 for i = j, 0.001 otherwise) + 0.01 ‖R_low − R_normal‖₁
+    + 0.1 · (smoothness(L_low, R_low) + smoothness(L_normal, R_normal)); ‖·‖₁ is a mean.
+    """
+    (r_low, l_low), (r_normal, l_normal) = decomposed_low, decomposed_normal
+    images = {"low": (low, r_low, l_low), "normal": (normal, r_normal, l_normal)}
+    recon = low.new_zeros(())
+    for i, (_, r_i, _) in images.items():
+        for j, (s_j, _, l_j) in images.items():
+            weight = 1.0 if i == j else 0.001  # the cross terms tie both R to either L
+            recon = recon + weight * F.l1_loss(r_i * l_j, s_j)
+    terms = {
+        "recon": recon,
+        "equal_r": 0.01 * F.l1_loss(r_low, r_normal),
+        "smooth": 0.1
+        * (illumination_smoothness(l_low, r_low) + illumination_smoothness(l_normal, r_normal)),
+    }
+    return sum(terms.values()), terms
+
+
+def relight_loss(
+    normal: torch.Tensor, reflectance_low: torch.Tensor, relit: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """RetinexNet's relight loss: ‖R_low ∘ L̂ − S_normal‖₁ + 3 · smoothness(L̂, R_low)."""
+    terms = {
+        "relight": F.l1_loss(reflectance_low * relit, normal),
+        "smooth": 3 * illumination_smoothness(relit, reflectance_low),
+    }
+    return sum(terms.values()), terms
+
+
+class RetinexLoss(nn.Module):
+    """RetinexNet's objective in one of its two stages, "decom" or "relight".
+
+    "decom" trains the Decom-Net alone. "relight" decomposes the low image without gradient
+    (the Decom-Net stays frozen, as in the paper) and trains the Enhance-Net alone.
+    """
+
+    STAGES = ("decom", "relight")
+
+    def __init__(self, stage: str):
+        super().__init__()
+        if stage not in self.STAGES:
+            raise ValueError(f"stage must be one of {self.STAGES}; got {stage!r}.")
+        self.stage = stage
+
+    def describe(self) -> str:
+        if self.stage == "decom":
+            return (
+                "sum_ij w_ij*L1(R_i*L_j,S_j) (w=1 if i=j else 1e-3) + 0.01*L1(R_low,R_normal)"
+                " + 0.1*(Smooth(L_low,R_low)+Smooth(L_normal,R_normal))"
+            )
+        return "L1(R_low*L_hat,S_normal) + 3*Smooth(L_hat,R_low)"
+
+    def forward(
+        self, model: nn.Module, low: torch.Tensor, clean: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        if self.stage == "decom":
+            total, terms = decomposition_loss(
+                low, clean, model.decompose(low), model.decompose(clean)
+            )
+        else:
+            with torch.no_grad():
+                r_low, l_low = model.decompose(low)
+            total, terms = relight_loss(clean, r_low, model.relight(r_low, l_low))
         return total, {k: float(v.detach()) for k, v in terms.items()}

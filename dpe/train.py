@@ -2,6 +2,14 @@
 
     python -m dpe.train --name dpe --width 64 --minutes 120 --resume
     python -m dpe.train --name dpe-s --width 32 --steps 2000 --resume
+    python -m dpe.train --name dran --arch dran --minutes 60 --resume
+    python -m dpe.train --name retinexnet --arch retinexnet --decom-steps 3000 --minutes 60 --resume
+
+``--arch`` picks the network and, with it, its paper's loss and Adam settings: DPENet (L1 +
+feature + adversarial, the default), DRAN (plain L1) or RetinexNet. RetinexNet trains in two
+stages, as its paper does: the first ``--decom-steps`` steps train the Decom-Net alone with the
+decomposition loss; the later ones freeze it and train the Enhance-Net with the relight loss.
+Its output means nothing before the relight stage, so it is validated (and exported) only then.
 
 Each step draws a batch of clean patches (random crops of ``--crop`` pixels, or with
 probability ``--whole-frac`` a whole tile downscaled to ``--crop``, so the network also sees the
@@ -10,7 +18,8 @@ global brightness and contrast it has to undo), flips and rotates them, degrades
 ``--eval-every`` steps it measures PSNR on a fixed, deterministically degraded validation set
 and exports the best weights to ``weights/NAME.safetensors`` (fp16). A checkpoint
 (``checkpoints/NAME.pt``) is written every ``--checkpoint-minutes`` and on exit or SIGTERM;
-``--resume`` continues from it, with the architecture and objective the checkpoint records.
+``--resume`` continues from it, with the architecture and objective the checkpoint records (a
+checkpoint from before ``--arch`` existed is a DPENet one).
 """
 
 from __future__ import annotations
@@ -34,28 +43,39 @@ from torch import nn
 
 from dpe.degrade import PRESETS, degrade
 from dpe.evaluate import degraded_twin, find_images
-from dpe.losses import GeneratorLoss, Objective, discriminator_loss
+from dpe.losses import GeneratorLoss, Objective, RetinexLoss, discriminator_loss
 from dpe.nets import build_net
 from dpe.nets.discriminator import Discriminator, DiscriminatorConfig
-from dpe.nets.dpenet import DPENet, DPENetConfig
+
+# Adam (lr, beta1, beta2) per architecture, from each paper; --lr, --beta1, --beta2 override
+ADAM = {
+    "dpenet": (5e-4, 0.9, 0.99),  # DPE paper
+    "retinexnet": (1e-3, 0.9, 0.999),  # RetinexNet's code: 1e-3 (TensorFlow's default betas)
+    "dran": (1e-3, 0.5, 0.99),  # DRAN paper
+}
 
 # Command-line help for each TrainConfig field; the flags are generated from the dataclass.
 HELP = {
     "name": "run name: checkpoints/NAME.pt and weights/NAME.safetensors",
     "data": "folder holding train/ and val/ subfolders of clean images",
-    "width": "DPENet base width (paper: 64; small: 32)",
-    "pixel": "the L1(G(x), y) term",
-    "feature": "the gradient-regularised VGG19 feature term",
-    "adversarial": "the adversarial term (and the discriminator)",
+    "arch": f"network and its paper's loss: {', '.join(ADAM)}",
+    "width": "base width of the network (paper: 64 for each; DPE small: 32)",
+    "decom_steps": "retinexnet only: steps of the decomposition stage before the relight stage",
+    "pixel": "the L1(G(x), y) term (dpenet; dran's whole loss)",
+    "feature": "the gradient-regularised VGG19 feature term (dpenet only)",
+    "adversarial": "the adversarial term and the discriminator (dpenet only)",
     "adversarial_weight": "weight of the adversarial term",
     "feature_weight": "weight of the feature term",
     "preset": f"degradation preset: {', '.join(PRESETS)}",
     "crop": "training patch side in pixels (a multiple of 16)",
     "whole_frac": "fraction of patches that are whole tiles downscaled to --crop",
     "batch_size": "patches per step",
-    "lr": "Adam learning rate",
-    "beta1": "Adam beta1",
-    "beta2": "Adam beta2",
+    **{
+        name: f"Adam {name}; unset: the arch's ("
+        + ", ".join(f"{arch} {values[i]:g}" for arch, values in ADAM.items())
+        + ")"
+        for i, name in enumerate(("lr", "beta1", "beta2"))
+    },
     "warmup_steps": "linear learning-rate warm-up steps",
     "steps": "stop when the total step count reaches this",
     "minutes": "stop after this many minutes of this invocation",
@@ -78,8 +98,12 @@ class TrainConfig:
     name: str = "dpe"
     data: str = "data"
     # model
+    arch: str = "dpenet"  # dpenet | retinexnet | dran
     width: int = 64  # paper: 64
-    # objective: the paper's; each term can be switched off for ablations
+    # RetinexNet's first stage (0 for the other archs); its paper's 100 epochs of 485 pairs at
+    # batch 16 are about 3000 steps per stage
+    decom_steps: int = 3000
+    # objective: DPE's, each term switchable for ablations (the baselines use their papers' own)
     pixel: bool = True
     feature: bool = True
     adversarial: bool = True
@@ -90,10 +114,10 @@ class TrainConfig:
     crop: int = 64  # the paper trains on 128; 64 is about 4x cheaper on a CPU
     whole_frac: float = 0.5  # crops alone cannot show the global brightness/contrast loss
     batch_size: int = 8
-    # optimiser: Adam, as the paper
-    lr: float = 5e-4
-    beta1: float = 0.9
-    beta2: float = 0.99
+    # optimiser: Adam, as each paper; None takes the arch's value from ADAM
+    lr: float | None = None
+    beta1: float | None = None
+    beta2: float | None = None
     warmup_steps: int = 0  # the paper uses none
     # budget: stop at whichever comes first (neither: run until SIGTERM)
     steps: int | None = None
@@ -112,6 +136,17 @@ class TrainConfig:
     init_from: str | None = None
 
     def __post_init__(self):
+        if self.arch not in ADAM:
+            raise ValueError(f"arch must be one of {', '.join(ADAM)}; got {self.arch!r}.")
+        if self.arch != "dpenet":
+            # the baselines train with their own papers' losses: DPE's extra terms are off
+            if not self.pixel:
+                raise ValueError(f"--no-pixel applies to dpenet only; {self.arch} needs its loss.")
+            self.feature = self.adversarial = False
+        if self.arch != "retinexnet":
+            self.decom_steps = 0
+        elif self.decom_steps < 0:
+            raise ValueError(f"decom_steps must be at least 0; got {self.decom_steps}.")
         if self.preset not in PRESETS:
             raise ValueError(f"preset must be one of {PRESETS}; got {self.preset!r}.")
         if self.crop < 16 or self.crop % 16:
@@ -121,6 +156,20 @@ class TrainConfig:
         if self.batch_size < 1 or self.eval_every < 1:
             raise ValueError("batch_size and eval_every must be at least 1.")
         self.objective()  # raises if every term is off
+
+    def adam(self) -> tuple[float, float, float]:
+        """(lr, beta1, beta2): the ones given, else the arch's defaults."""
+        given = (self.lr, self.beta1, self.beta2)
+        return tuple(d if g is None else g for g, d in zip(given, ADAM[self.arch], strict=True))
+
+    def describe_loss(self) -> str:
+        """The objective as one line, for logs and weight metadata."""
+        if self.arch == "retinexnet":
+            return (
+                f"steps < {self.decom_steps}: {RetinexLoss('decom').describe()}; "
+                f"then (Decom-Net frozen): {RetinexLoss('relight').describe()}"
+            )
+        return self.objective().describe()
 
     def objective(self) -> Objective:
         return Objective(
@@ -135,16 +184,33 @@ class TrainConfig:
 # What a checkpoint fixes for good: the architecture, the objective, and what makes validation
 # numbers comparable across invocations. Everything else may change when resuming.
 FIXED_ON_RESUME = (
-    "width", "pixel", "feature", "adversarial", "adversarial_weight", "feature_weight",
-    "preset", "seed", "val_images", "val_size", "data",
+    "arch", "width", "decom_steps", "pixel", "feature", "adversarial", "adversarial_weight",
+    "feature_weight", "preset", "seed", "val_images", "val_size", "data",
 )  # fmt: skip
+# What a checkpoint written before a field existed meant by it
+OLD_CHECKPOINT_DEFAULTS = {"arch": "dpenet", "decom_steps": 0}
 
 
 def get_lr(step: int, config: TrainConfig) -> float:
-    """Learning rate at ``step``: constant, as in the paper, after an optional linear warm-up."""
+    """Learning rate at ``step``: constant, as in the papers, after an optional linear warm-up."""
+    lr = config.adam()[0]
     if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    return config.lr
+        return lr * (step + 1) / config.warmup_steps
+    return lr
+
+
+def get_stage(step: int, config: TrainConfig) -> str | None:
+    """RetinexNet's stage at ``step``, "decom" then "relight"; None for the other archs."""
+    if config.arch != "retinexnet":
+        return None
+    return "decom" if step < config.decom_steps else "relight"
+
+
+def make_losses(config: TrainConfig) -> dict[str | None, nn.Module]:
+    """The loss of each stage (see :func:`get_stage`)."""
+    if config.arch == "retinexnet":
+        return {stage: RetinexLoss(stage) for stage in RetinexLoss.STAGES}
+    return {None: GeneratorLoss(config.objective())}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,7 +342,7 @@ def train_step(
     disc: Discriminator | None,
     opt_g: torch.optim.Optimizer,
     opt_d: torch.optim.Optimizer | None,
-    loss_fn: GeneratorLoss,
+    loss_fn: GeneratorLoss | RetinexLoss,
     low: torch.Tensor,
     clean: torch.Tensor,
     *,
@@ -288,18 +354,22 @@ def train_step(
         if opt is not None:
             for group in opt.param_groups:
                 group["lr"] = lr
-    out = model(low)  # (B, 3, H, W)
     stats = {}
-    if disc is not None:
-        disc.requires_grad_(True)
-        opt_d.zero_grad(set_to_none=True)
-        d_loss = discriminator_loss(disc, clean, out, labels)
-        d_loss.backward()
-        opt_d.step()
-        stats["d_loss"] = float(d_loss.detach())
-        disc.requires_grad_(False)  # the generator step needs no gradients for D's weights
+    if isinstance(loss_fn, RetinexLoss):  # it runs the model: it needs the decomposition
+        g_loss, terms = loss_fn(model, low, clean)
+    else:
+        out = model(low)  # (B, 3, H, W)
+        if disc is not None:
+            disc.requires_grad_(True)
+            opt_d.zero_grad(set_to_none=True)
+            d_loss = discriminator_loss(disc, clean, out, labels)
+            d_loss.backward()
+            opt_d.step()
+            stats["d_loss"] = float(d_loss.detach())
+            disc.requires_grad_(False)  # the generator step needs no gradients for D's weights
+        g_loss, terms = loss_fn(out, clean, disc)
+    # Parameters without a gradient (RetinexNet's idle half in each stage) are left alone by Adam
     opt_g.zero_grad(set_to_none=True)
-    g_loss, terms = loss_fn(out, clean, disc)
     g_loss.backward()
     opt_g.step()
     return {"loss": float(g_loss.detach()), **terms, **stats}
@@ -343,7 +413,7 @@ def _data_summary(folder: Path, tiles: dict[str, list[np.ndarray]]) -> dict:
     return summary
 
 
-def export_weights(model: DPENet, path: Path, **info) -> None:
+def export_weights(model: nn.Module, path: Path, **info) -> None:
     """Write the model as fp16 safetensors with its config and ``info`` as metadata."""
     from dpe.weights import save_weights
 
@@ -373,7 +443,7 @@ def train(config: TrainConfig, *, command: str = "") -> dict:
     checkpoint = None
     if config.resume and ckpt_file.is_file():
         checkpoint = torch.load(ckpt_file, map_location="cpu", weights_only=True)
-        saved = checkpoint["config"]
+        saved = {**OLD_CHECKPOINT_DEFAULTS, **checkpoint["config"]}
         changed = {
             k: (getattr(config, k), saved[k])
             for k in FIXED_ON_RESUME
@@ -399,21 +469,24 @@ def train(config: TrainConfig, *, command: str = "") -> dict:
         from dpe.weights import load_weights
 
         state, net_config, info = load_weights(config.init_from)
+        if net_config["arch"] != config.arch:
+            arch = net_config["arch"]
+            raise ValueError(f"{config.init_from} holds a {arch}; pass --arch {arch}.")
         model = build_net(net_config)
         model.load_state_dict(state)
         config.width = model.config.width
         step, wall_time = int(info.get("steps", 0)), float(info.get("wall_time_s", 0.0))
         init_note = f"{config.init_from} (step {step})"
     else:
-        model = DPENet(DPENetConfig(width=config.width))
+        model = build_net({"arch": config.arch, "width": config.width})
     model.train()
-    betas = (config.beta1, config.beta2)
-    opt_g = torch.optim.Adam(model.parameters(), lr=config.lr, betas=betas)
+    lr, *betas = config.adam()
+    opt_g = torch.optim.Adam(model.parameters(), lr=lr, betas=tuple(betas))
     disc = opt_d = None
     if config.adversarial:
         disc = Discriminator(DiscriminatorConfig(**((checkpoint or {}).get("disc_config") or {})))
         disc.train()
-        opt_d = torch.optim.Adam(disc.parameters(), lr=config.lr, betas=betas)
+        opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=tuple(betas))
     if checkpoint is not None:
         opt_g.load_state_dict(checkpoint["opt_g"])
         if disc is not None:
@@ -429,7 +502,9 @@ def train(config: TrainConfig, *, command: str = "") -> dict:
         torch.set_rng_state(checkpoint["rng"]["torch"])
         labels.set_state(checkpoint["rng"]["labels"])
         init_note = f"{ckpt_file} (step {step})"
-    loss_fn = GeneratorLoss(config.objective())
+    losses = make_losses(config)
+    # RetinexNet's output means nothing before its relight stage: no validation until then
+    first_val_step = config.decom_steps
 
     data = Path(config.data)
     tiles = load_tiles(data / "train")
@@ -437,9 +512,10 @@ def train(config: TrainConfig, *, command: str = "") -> dict:
     data_info = _data_summary(data, tiles)
     weights_file = Path(config.out_dir) / f"{config.name}.safetensors"
     print(
-        f"{config.name}: DPENet width {model.config.width}, "
+        f"{config.name}: {type(model).__name__} width {model.config.width}, "
         f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params; from {init_note}\n"
-        f"  objective: {config.objective().describe()}\n"
+        f"  objective: {config.describe_loss()}\n"
+        f"  Adam: lr {lr:g}, betas {tuple(betas)}\n"
         f"  data: {data_info['train_tiles']} train tiles, {len(val.low)} val images "
         f"(degraded input {val.input_psnr:.2f} dB); crop {config.crop}, whole {config.whole_frac}, "
         f"batch {config.batch_size}; {torch.get_num_threads()} threads",
@@ -476,7 +552,7 @@ def train(config: TrainConfig, *, command: str = "") -> dict:
         improved = score > best
         if improved:  # a scratch run's step-0 score becomes the bar to beat, nothing is exported
             best, best_step = score, step
-        if improved and step > 0:
+        if improved and step > first_val_step:
             export_weights(
                 model,
                 weights_file,
@@ -486,7 +562,7 @@ def train(config: TrainConfig, *, command: str = "") -> dict:
                 val_psnr_input=round(val.input_psnr, 3),
                 val_images=len(val.low),
                 data=data_info,
-                objective=config.objective().describe(),
+                objective=config.describe_loss(),
                 preset=config.preset,
                 crop=config.crop,
                 whole_frac=config.whole_frac,
@@ -497,7 +573,7 @@ def train(config: TrainConfig, *, command: str = "") -> dict:
             )
         note = (
             f"exported {weights_file}"
-            if improved and step > 0
+            if improved and step > first_val_step
             else f"best {best:.2f} dB at step {best_step}"
         )
         log(f"step {step}: val PSNR {score:.2f} dB (input {val.input_psnr:.2f}); {note}")
@@ -513,7 +589,7 @@ def train(config: TrainConfig, *, command: str = "") -> dict:
     _Stop.requested = False
     start = last_ckpt = time.monotonic()
     deadline = start + config.minutes * 60 if config.minutes is not None else math.inf
-    if not history:  # a first validation gives the step-0 baseline (and the bar to beat)
+    if not history and step >= first_val_step:  # the baseline, and the bar to beat
         run_validation()
     last_val_step, window = step, (time.monotonic(), step)
     try:
@@ -526,7 +602,7 @@ def train(config: TrainConfig, *, command: str = "") -> dict:
                 disc,
                 opt_g,
                 opt_d,
-                loss_fn,
+                losses[get_stage(step, config)],
                 low,
                 clean,
                 lr=get_lr(step, config),
@@ -542,13 +618,13 @@ def train(config: TrainConfig, *, command: str = "") -> dict:
                 parts = " ".join(f"{k} {v:.4f}" for k, v in stats.items())
                 minutes = (wall_time + now - start) / 60
                 log(f"step {step}: {parts}; {rate:.3f} steps/s; {minutes:.1f} min in all")
-            if step % config.eval_every == 0:
+            if step >= first_val_step and (step % config.eval_every == 0 or not history):
                 run_validation()
                 last_val_step = step
             if time.monotonic() - last_ckpt >= config.checkpoint_minutes * 60:
                 save_checkpoint()
                 last_ckpt = time.monotonic()
-        if step != last_val_step:
+        if step != last_val_step and step >= first_val_step:
             run_validation()
     finally:
         save_checkpoint()

@@ -1,6 +1,19 @@
 import os
 
+import pytest
+
 # No network in tests: these must be set before gradio / huggingface_hub are imported.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models on shared cores: one thread is faster and steadier than several that wait."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -4,7 +4,15 @@ import torch
 from dpe.nets import ARCHITECTURES, build_net
 from dpe.nets.dpenet import DPENet
 
-SMALL = {"dpenet": {"width": 8}}  # tiny variants keep the smoke tests fast
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+# tiny variants keep the smoke tests fast
+SMALL = {
+    "dpenet": {"width": 8},
+    "retinexnet": {"width": 8, "decom_layers": 2},
+    "dran": {"width": 8, "layers": 2, "reduction": 1},  # attention hidden 8: 2 units can both die
+}
 
 
 def test_dpenet_parameter_count_matches_paper():

@@ -18,17 +18,10 @@ from dpe.nets import build_net
 from dpe.nets.discriminator import Discriminator
 from dpe.nets.dpenet import DPENet
 from dpe.nets.vgg import VGG19Features, conv_names, load_vgg19_state, weights_file
-from dpe.train import TrainConfig, export_weights, main, sample_patch, train_step
+from dpe.train import TrainConfig, export_weights, get_stage, main, sample_patch, train_step
 from dpe.weights import load_weights
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models on shared cores: one thread is faster and steadier than several that wait.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -250,3 +243,70 @@ def test_export_writes_loadable_fp16_weights_with_metadata(tmp_path):
     x = torch.rand(1, 3, 32, 32)
     with torch.no_grad():
         assert (net(x) - model(x)).abs().max() < 5e-3  # fp16 storage costs little
+
+
+# --- the baselines in the trainer -------------------------------------------------------------
+
+
+def test_arch_selects_its_papers_loss_and_optimiser():
+    dpe, dran = TrainConfig(), TrainConfig(arch="dran")
+    assert dpe.adam() == (5e-4, 0.9, 0.99) and dpe.feature and dpe.adversarial
+    assert dran.adam() == (1e-3, 0.5, 0.99) and dran.describe_loss() == "L1(G(x),y)"
+    assert not (dran.feature or dran.adversarial) and dran.decom_steps == 0
+    assert TrainConfig(arch="retinexnet").adam() == (1e-3, 0.9, 0.999)
+    assert TrainConfig(arch="dran", lr=2e-4).adam() == (2e-4, 0.5, 0.99)  # flags override
+    retinex = TrainConfig(arch="retinexnet", decom_steps=3)
+    assert [get_stage(s, retinex) for s in (0, 2, 3, 9)] == ["decom"] * 2 + ["relight"] * 2
+    assert get_stage(0, dran) is None
+    with pytest.raises(ValueError, match="arch must be one of"):
+        TrainConfig(arch="unet")
+    with pytest.raises(ValueError, match="dpenet only"):
+        TrainConfig(arch="dran", pixel=False)
+
+
+def _baseline_args(root, arch, *extra):
+    args = _args(root, "--arch", arch, *extra)
+    args[args.index("--crop") + 1] = "32"  # RetinexNet pads to 8; 32 leaves its coarsest map 4x4
+    return args
+
+
+@pytest.mark.parametrize("arch", ["dran", "retinexnet"])
+def test_baseline_resume_continues_exactly_with_arch_from_the_checkpoint(tiny_data, arch):
+    straight, split = tiny_data / "straight", tiny_data / "split"
+    for root in (straight, split):
+        root.mkdir()
+        (root / "data").symlink_to(tiny_data / "data")
+    # RetinexNet: two decomposition steps, then two relight steps; the split falls between
+    main(_baseline_args(straight, arch, "--decom-steps", "2", "--steps", "4"))
+    main(_baseline_args(split, arch, "--decom-steps", "2", "--steps", "2"))
+    first = torch.load(split / "ckpt" / "tiny.pt", weights_only=True)
+    assert first["step"] == 2 and first["opt_d"] is None and first["model_config"]["arch"] == arch
+    lr, beta1, beta2 = TrainConfig(arch=arch).adam()
+    assert first["opt_g"]["param_groups"][0]["betas"] == (beta1, beta2)
+    # resumed without --arch (so the command line says dpenet): the checkpoint decides
+    resume = _args(split, "--steps", "4", "--resume")
+    resume[resume.index("--crop") + 1] = "32"
+    main(resume)
+    resumed = torch.load(split / "ckpt" / "tiny.pt", weights_only=True)
+    reference = torch.load(straight / "ckpt" / "tiny.pt", weights_only=True)
+    assert resumed["step"] == 4 and resumed["model_config"]["arch"] == arch
+    assert resumed["config"]["feature"] is False and resumed["config"]["adversarial"] is False
+    for key, value in reference["model"].items():
+        torch.testing.assert_close(resumed["model"][key], value, rtol=0, atol=1e-6)
+    # RetinexNet is validated only from its relight stage on; DRAN from step 0
+    expected = [2, 4] if arch == "retinexnet" else [0, 2, 4]
+    assert [s for s, _ in resumed["history"]] == expected
+
+
+def test_checkpoint_without_arch_resumes_as_dpenet(tiny_data):
+    light = ("--no-feature", "--no-adversarial")  # no VGG19: quicker, the same code path
+    main(_args(tiny_data, "--steps", "1", *light))
+    path = tiny_data / "ckpt" / "tiny.pt"
+    old = torch.load(path, weights_only=True)
+    for key in ("arch", "decom_steps"):  # as written before --arch existed
+        del old["config"][key]
+    torch.save(old, path)
+    main(_args(tiny_data, "--steps", "2", "--resume", "--arch", "dran", *light))
+    resumed = torch.load(path, weights_only=True)
+    assert resumed["step"] == 2 and resumed["model_config"] == {"arch": "dpenet", "width": 8}
+    assert resumed["config"]["arch"] == "dpenet"

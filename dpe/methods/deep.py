@@ -122,3 +122,15 @@ def dpe(**kwargs) -> TorchMethod:
 def dpe_s(**kwargs) -> TorchMethod:
     """DPENet at width 32: about 4x cheaper than the paper's width."""
     return TorchMethod.from_weights("dpe-s", "DPE small", **kwargs)
+
+
+@register_method("retinexnet", label="RetinexNet", kind="deep", weights="retinexnet")
+def retinexnet(**kwargs) -> TorchMethod:
+    """RetinexNet (Wei et al., BMVC 2018), without its optional BM3D step."""
+    return TorchMethod.from_weights("retinexnet", "RetinexNet", **kwargs)
+
+
+@register_method("dran", label="DRAN", kind="deep", weights="dran")
+def dran(**kwargs) -> TorchMethod:
+    """DRAN (Sharif et al., Mathematics 2020), the residual denoiser."""
+    return TorchMethod.from_weights("dran", "DRAN", **kwargs)

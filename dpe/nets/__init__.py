@@ -12,6 +12,8 @@ from torch import nn
 # arch name -> (module, class, config class); configs are dataclasses of plain values
 ARCHITECTURES = {
     "dpenet": ("dpe.nets.dpenet", "DPENet", "DPENetConfig"),
+    "retinexnet": ("dpe.nets.retinexnet", "RetinexNet", "RetinexNetConfig"),
+    "dran": ("dpe.nets.dran", "DRAN", "DRANConfig"),
 }
 
 
