@@ -40,6 +40,15 @@ def _reset_peak() -> None:
         pass
 
 
+# architecture of each deep method, for timing it before its weights exist
+RANDOM_INIT = {
+    "dpe": {"arch": "dpenet", "width": 64},
+    "dpe-s": {"arch": "dpenet", "width": 32},
+    "retinexnet": {"arch": "retinexnet"},
+    "dran": {"arch": "dran"},
+}
+
+
 def _build(name: str):
     from dpe.methods import create_method, method_info
 
@@ -52,12 +61,11 @@ def _build(name: str):
         return create_method(name), ""
     except WeightsNotFoundError:
         from dpe.methods.deep import TorchMethod
-        from dpe.nets.dpenet import DPENet
+        from dpe.nets import build_net
 
-        width = {"dpe": 64, "dpe-s": 32}.get(name)
-        if width is None:
+        if name not in RANDOM_INIT:
             raise
-        return TorchMethod(name, name, DPENet(width=width)), " (random init)"
+        return TorchMethod(name, name, build_net(RANDOM_INIT[name])), " (random init)"
 
 
 def _parse(spec: str) -> tuple[str, dict]:
