@@ -98,3 +98,14 @@ def test_run_tiled_blends_without_seams():
     np.testing.assert_allclose(out, img * 0.5, atol=1e-6)
     with pytest.raises(ValueError, match="overlap"):
         run_tiled(lambda p: p, img, tile=64, overlap=64)
+
+
+def test_grayscale_input_comes_back_grayscale():
+    torch.manual_seed(0)
+    method = TorchMethod("t", "t", DPENet(width=8))
+    gray = np.repeat(np.random.default_rng(3).random((32, 48, 1)), 3, axis=2).astype(np.float32)
+    out = method.enhance(gray)
+    assert np.array_equal(out[..., 0], out[..., 1]) and np.array_equal(out[..., 1], out[..., 2])
+    colour = np.random.default_rng(4).random((32, 48, 3)).astype(np.float32)
+    out = method.enhance(colour)
+    assert not np.array_equal(out[..., 0], out[..., 1])  # colour images are left as they are

@@ -73,6 +73,13 @@ def run_tiled(fn, image: np.ndarray, *, tile: int = TILE, overlap: int = OVERLAP
     return out / weight
 
 
+def _is_gray(image: np.ndarray) -> bool:
+    return bool(
+        np.array_equal(image[..., 0], image[..., 1])
+        and np.array_equal(image[..., 1], image[..., 2])
+    )
+
+
 class TorchMethod:
     """A registry method backed by a torch network (weights resolved by name)."""
 
@@ -104,12 +111,17 @@ class TorchMethod:
         with self._lock:
             torch.set_num_threads(_cores())
             if tile is None and h * w <= TILE_ABOVE_MP * 1e6:
-                return self._forward(image)
-            # Pad once as the network would pad the whole image, so border tiles see the same
-            # reflected context as an untiled run, then tile the padded image and crop back.
-            m = getattr(self.net, "multiple", 1)
-            padded = np.pad(image, ((0, (-h) % m), (0, (-w) % m), (0, 0)), mode="reflect")
-            return run_tiled(self._forward, padded, tile=tile or TILE)[:h, :w]
+                out = self._forward(image)
+            else:
+                # Pad once as the network would pad the whole image, so border tiles see the
+                # same reflected context as an untiled run, then tile and crop back.
+                m = getattr(self.net, "multiple", 1)
+                padded = np.pad(image, ((0, (-h) % m), (0, (-w) % m), (0, 0)), mode="reflect")
+                out = run_tiled(self._forward, padded, tile=tile or TILE)[:h, :w]
+        if _is_gray(image):
+            # The nets are not colour-symmetric: a grayscale scan must not come back tinted.
+            out = np.repeat(out.mean(axis=2, keepdims=True), 3, axis=2)
+        return out
 
 
 @register_method("dpe", label="DPE (paper)", kind="deep", weights="dpe")
