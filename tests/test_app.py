@@ -10,7 +10,6 @@ import csv
 import io
 import secrets
 import shutil
-import socket
 import zipfile
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import app
 import dpe
 import study
 from dpe.methods import list_methods, method_info
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -414,18 +414,12 @@ def test_only_enhance_is_public():
     assert app.LAUNCH_OPTIONS["run_history"] is False
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     data = tmp_path_factory.mktemp("served")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DPE_DATA_DIR", str(data))
-        port = _free_port()
+        port = free_port()
         app.demo.launch(
             **app.LAUNCH_OPTIONS,
             server_name="127.0.0.1",

@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import io
 import re
-import socket
 import zipfile
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import app
 import dpe
 import study
 from dpe.methods import list_methods, method_info
+from tests.conftest import free_port
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -49,12 +49,6 @@ TIMEOUT = 30_000  # ms; a shared 2-core machine may be busy training
 CLICKS = ["left", "right", "tie", "both_bad", "left", "right"]
 GRADIO_FRONTEND = Path(gr.__file__).parent / "templates" / "frontend"
 expect.set_options(timeout=TIMEOUT)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +76,7 @@ def server(tmp_path_factory):
         )
         code = study.invite_rater(db, study_id, "Dr A", specialty="radiology").code
         second = study.invite_rater(db, study_id, "Dr B")
-        port = _free_port()
+        port = free_port()
         app.demo.launch(
             **app.LAUNCH_OPTIONS,
             server_name="127.0.0.1",
