@@ -4,9 +4,12 @@
     python -m dpe.train --name dpe-s --width 32 --steps 2000 --resume
     python -m dpe.train --name dran --arch dran --minutes 60 --resume
     python -m dpe.train --name retinexnet --arch retinexnet --decom-steps 3000 --minutes 60 --resume
+    python -m dpe.train --name dpe-g --arch dpeg --init-from weights/dpe.safetensors --minutes 60
 
 ``--arch`` picks the network and, with it, its paper's loss and Adam settings: DPENet (L1 +
-feature + adversarial, the default), DRAN (plain L1) or RetinexNet. RetinexNet trains in two
+feature + adversarial, the default), DRAN (plain L1) or RetinexNet. DPE-G (``dpeg``, DPENet plus
+a global path, see ``dpe.nets.dpeg``) trains with DPE's objective; ``--init-from`` a DPENet
+file starts its local path from those weights. RetinexNet trains in two
 stages, as its paper does: the first ``--decom-steps`` steps train the Decom-Net alone with the
 decomposition loss; the later ones freeze it and train the Enhance-Net with the relight loss.
 Its output means nothing before the relight stage, so it is validated (and exported) only then.
@@ -50,20 +53,24 @@ from dpe.nets.discriminator import Discriminator, DiscriminatorConfig
 # Adam (lr, beta1, beta2) per architecture, from each paper; --lr, --beta1, --beta2 override
 ADAM = {
     "dpenet": (5e-4, 0.9, 0.99),  # DPE paper
+    "dpeg": (5e-4, 0.9, 0.99),  # DPE-G: DPENet plus a global path, trained as DPE
     "retinexnet": (1e-3, 0.9, 0.999),  # RetinexNet's code: 1e-3 (TensorFlow's default betas)
     "dran": (1e-3, 0.5, 0.99),  # DRAN paper
 }
+
+# Architectures trained with DPE's own objective (the others use their papers' losses)
+DPE_ARCHS = ("dpenet", "dpeg")
 
 # Command-line help for each TrainConfig field; the flags are generated from the dataclass.
 HELP = {
     "name": "run name: checkpoints/NAME.pt and weights/NAME.safetensors",
     "data": "folder holding train/ and val/ subfolders of clean images",
-    "arch": f"network and its paper's loss: {', '.join(ADAM)}",
+    "arch": f"network and its loss: {', '.join(ADAM)} (dpeg: DPENet + global path, DPE's loss)",
     "width": "base width of the network (paper: 64 for each; DPE small: 32)",
     "decom_steps": "retinexnet only: steps of the decomposition stage before the relight stage",
-    "pixel": "the L1(G(x), y) term (dpenet; dran's whole loss)",
-    "feature": "the gradient-regularised VGG19 feature term (dpenet only)",
-    "adversarial": "the adversarial term and the discriminator (dpenet only)",
+    "pixel": "the L1(G(x), y) term (dpenet, dpeg; dran's whole loss)",
+    "feature": "the gradient-regularised VGG19 feature term (dpenet, dpeg only)",
+    "adversarial": "the adversarial term and the discriminator (dpenet, dpeg only)",
     "adversarial_weight": "weight of the adversarial term",
     "feature_weight": "weight of the feature term",
     "preset": f"degradation preset: {', '.join(PRESETS)}",
@@ -98,7 +105,7 @@ class TrainConfig:
     name: str = "dpe"
     data: str = "data"
     # model
-    arch: str = "dpenet"  # dpenet | retinexnet | dran
+    arch: str = "dpenet"  # dpenet | dpeg | retinexnet | dran
     width: int = 64  # paper: 64
     # RetinexNet's first stage (0 for the other archs); its paper's 100 epochs of 485 pairs at
     # batch 16 are about 3000 steps per stage
@@ -138,7 +145,7 @@ class TrainConfig:
     def __post_init__(self):
         if self.arch not in ADAM:
             raise ValueError(f"arch must be one of {', '.join(ADAM)}; got {self.arch!r}.")
-        if self.arch != "dpenet":
+        if self.arch not in DPE_ARCHS:
             # the baselines train with their own papers' losses: DPE's extra terms are off
             if not self.pixel:
                 raise ValueError(f"--no-pixel applies to dpenet only; {self.arch} needs its loss.")
@@ -462,6 +469,7 @@ def train(config: TrainConfig, *, command: str = "") -> dict:
     # models and optimisers; on resume the architecture comes from the checkpoint
     step, wall_time, best, best_step, history = 0, 0.0, -math.inf, 0, []
     init_note = "scratch"
+    init_info = None  # where a model started from other weights came from (exported with it)
     if checkpoint is not None:
         model = build_net(checkpoint["model_config"])
         model.load_state_dict(checkpoint["model"])
@@ -469,14 +477,26 @@ def train(config: TrainConfig, *, command: str = "") -> dict:
         from dpe.weights import load_weights
 
         state, net_config, info = load_weights(config.init_from)
-        if net_config["arch"] != config.arch:
+        if config.arch == "dpeg" and net_config["arch"] == "dpenet":
+            # DPE-G's local path is a DPENet: start it from trained DPE weights, the global path
+            # from scratch; the step count starts at 0 and the metadata records the origin
+            model = build_net({"arch": "dpeg", "width": net_config["width"]})
+            model.local.load_state_dict(state)
+            init_info = {
+                "file": Path(config.init_from).name,
+                "steps": int(info.get("steps", 0)),
+                "wall_time_s": float(info.get("wall_time_s", 0.0)),
+            }
+            init_note = f"{config.init_from} (local path, step {init_info['steps']})"
+        elif net_config["arch"] != config.arch:
             arch = net_config["arch"]
             raise ValueError(f"{config.init_from} holds a {arch}; pass --arch {arch}.")
-        model = build_net(net_config)
-        model.load_state_dict(state)
+        else:
+            model = build_net(net_config)
+            model.load_state_dict(state)
+            step, wall_time = int(info.get("steps", 0)), float(info.get("wall_time_s", 0.0))
+            init_note = f"{config.init_from} (step {step})"
         config.width = model.config.width
-        step, wall_time = int(info.get("steps", 0)), float(info.get("wall_time_s", 0.0))
-        init_note = f"{config.init_from} (step {step})"
     else:
         model = build_net({"arch": config.arch, "width": config.width})
     model.train()
@@ -501,6 +521,7 @@ def train(config: TrainConfig, *, command: str = "") -> dict:
         rng.bit_generator.state = checkpoint["rng"]["numpy"]
         torch.set_rng_state(checkpoint["rng"]["torch"])
         labels.set_state(checkpoint["rng"]["labels"])
+        init_info = checkpoint.get("init_info")
         init_note = f"{ckpt_file} (step {step})"
     losses = make_losses(config)
     # RetinexNet's output means nothing before its relight stage: no validation until then
@@ -537,6 +558,7 @@ def train(config: TrainConfig, *, command: str = "") -> dict:
             "best_val_psnr": best,
             "best_step": best_step,
             "history": history,
+            "init_info": init_info,
             "rng": {
                 "numpy": rng.bit_generator.state,
                 "torch": torch.get_rng_state(),
@@ -568,6 +590,7 @@ def train(config: TrainConfig, *, command: str = "") -> dict:
                 whole_frac=config.whole_frac,
                 batch_size=config.batch_size,
                 hardware=_hardware(),
+                **({"init_from": init_info} if init_info else {}),
                 command=command,
                 trained_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             )

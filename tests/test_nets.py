@@ -12,11 +12,17 @@ SMALL = {
     "dpenet": {"width": 8},
     "retinexnet": {"width": 8, "decom_layers": 2},
     "dran": {"width": 8, "layers": 2, "reduction": 1},  # attention hidden 8: 2 units can both die
+    "dpeg": {"width": 8, "global_width": 8},
 }
 
 
 def test_dpenet_parameter_count_matches_paper():
     assert sum(p.numel() for p in DPENet().parameters()) == 4_486_987
+
+
+def test_dpeg_parameter_count():
+    # DPENet at the paper's width plus a 175,174-parameter global path
+    assert sum(p.numel() for p in build_net({"arch": "dpeg"}).parameters()) == 4_662_161
 
 
 def test_width_scales_stages():
@@ -40,6 +46,9 @@ def test_forward_any_size(arch):
 def test_backward_reaches_every_parameter(arch):
     torch.manual_seed(0)
     net = build_net({"arch": arch, **SMALL.get(arch, {})}).train()
+    if arch == "dpeg":
+        # its global path's last layer starts at zero (no gradient behind it until it moves)
+        torch.nn.init.normal_(net.glob.mlp[-1].weight, std=0.01)
     x, y = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
     torch.nn.functional.l1_loss(net(x), y).backward()
     missing = [n for n, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum()]

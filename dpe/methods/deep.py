@@ -7,6 +7,7 @@ linear ramps, so memory stays bounded and no seam shows.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -96,11 +97,14 @@ class TorchMethod:
         net.load_state_dict(state, strict=True)  # a renamed or missing key is an error
         return cls(name, label, net)
 
-    @torch.inference_mode()
-    def _forward(self, image: np.ndarray) -> np.ndarray:
+    @staticmethod
+    def _tensor(image: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]  # (1, 3, H, W)
-        x = x.contiguous(memory_format=torch.channels_last)
-        y = self.net(x)[0].permute(1, 2, 0)  # (H, W, 3)
+        return x.contiguous(memory_format=torch.channels_last)
+
+    @torch.inference_mode()
+    def _forward(self, image: np.ndarray, **kwargs) -> np.ndarray:
+        y = self.net(self._tensor(image), **kwargs)[0].permute(1, 2, 0)  # (H, W, 3)
         return y.float().clamp_(0, 1).numpy().astype(np.float32, copy=False)
 
     def enhance(self, image: np.ndarray, *, tile: int | None = None, **options) -> np.ndarray:
@@ -117,7 +121,14 @@ class TorchMethod:
                 # same reflected context as an untiled run, then tile and crop back.
                 m = getattr(self.net, "multiple", 1)
                 padded = np.pad(image, ((0, (-h) % m), (0, (-w) % m), (0, 0)), mode="reflect")
-                out = run_tiled(self._forward, padded, tile=tile or TILE)[:h, :w]
+                forward = self._forward
+                if hasattr(self.net, "global_params"):
+                    # DPE-G: the global correction is read once from the whole image and
+                    # shared by every tile, so tiles cannot disagree on brightness
+                    with torch.inference_mode():
+                        params = self.net.global_params(self._tensor(image))
+                    forward = functools.partial(self._forward, params=params)
+                out = run_tiled(forward, padded, tile=tile or TILE)[:h, :w]
         if _is_gray(image):
             # The nets are not colour-symmetric: a grayscale scan must not come back tinted.
             out = np.repeat(out.mean(axis=2, keepdims=True), 3, axis=2)
@@ -134,6 +145,12 @@ def dpe(**kwargs) -> TorchMethod:
 def dpe_s(**kwargs) -> TorchMethod:
     """DPENet at width 32: about 4x cheaper than the paper's width."""
     return TorchMethod.from_weights("dpe-s", "DPE small", **kwargs)
+
+
+@register_method("dpe-g", label="DPE-G (global + local)", kind="deep", weights="dpe-g")
+def dpe_g(**kwargs) -> TorchMethod:
+    """DPENet plus a global path that sees the whole image (beyond the paper; dpe.nets.dpeg)."""
+    return TorchMethod.from_weights("dpe-g", "DPE-G (global + local)", **kwargs)
 
 
 @register_method("retinexnet", label="RetinexNet", kind="deep", weights="retinexnet")

@@ -14,6 +14,7 @@ ARCHITECTURES = {
     "dpenet": ("dpe.nets.dpenet", "DPENet", "DPENetConfig"),
     "retinexnet": ("dpe.nets.retinexnet", "RetinexNet", "RetinexNetConfig"),
     "dran": ("dpe.nets.dran", "DRAN", "DRANConfig"),
+    "dpeg": ("dpe.nets.dpeg", "DPEG", "DPEGConfig"),
 }
 
 
