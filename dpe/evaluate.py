@@ -188,6 +188,40 @@ def to_markdown(report: dict) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def combine(reports: list[dict]) -> dict:
+    """One report from several runs over the same images, preset and seed (methods in order).
+
+    Slow classic methods and freshly trained nets can then be measured in separate runs and
+    still land in one table. Runs that disagree on what they measured are refused.
+    """
+    if not reports:
+        raise ValueError("nothing to combine.")
+    first = reports[0]
+    for r in reports[1:]:
+        for key in ("preset", "seed", "images"):
+            if r.get(key) != first.get(key):
+                theirs, ours = first.get(key), r.get(key)
+                raise ValueError(
+                    f"cannot combine runs with different {key}: {theirs!r} vs {ours!r}."
+                )
+    results = [row for r in reports for row in r["results"]]
+    seen = set()
+    for row in results:
+        key = (row["group"], row["method"])
+        if key in seen:
+            raise ValueError(f"method {row['method']!r} appears in more than one run.")
+        seen.add(key)
+    groups = list(dict.fromkeys(row["group"] for row in results))
+    groups = [g for g in groups if g != ALL] + ([ALL] if ALL in groups else [])
+    ordered = [row for g in groups for row in results if row["group"] == g]
+    return {
+        **{k: first[k] for k in ("preset", "seed", "images")},
+        "results": ordered,
+        "skipped": [s for r in reports for s in r.get("skipped", [])],
+        "unreadable": first.get("unreadable", []),
+    }
+
+
 def _parse_methods(values: list[str]) -> list[str]:
     from dpe.methods import list_methods
 
@@ -208,9 +242,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--images",
         nargs="+",
-        required=True,
         metavar="DIR",
         help="folders of clean images; subfolders become groups",
+    )
+    parser.add_argument(
+        "--combine",
+        nargs="+",
+        type=Path,
+        metavar="JSON",
+        help="instead of measuring, merge these saved --json reports (same images, preset and "
+        "seed) into one report and one table per group",
     )
     parser.add_argument(
         "--methods",
@@ -232,16 +273,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
+    if bool(args.images) == bool(args.combine):
+        parser.error("give either --images (to measure) or --combine (to merge saved reports).")
     try:
-        items = find_images(args.images, max_per_group=args.max_images)
-        report = evaluate(
-            items,
-            _parse_methods(args.methods),
-            preset=args.preset,
-            seed=args.seed,
-            progress=not args.quiet,
-        )
-    except ValueError as exc:
+        if args.combine:
+            report = combine([json.loads(p.read_text()) for p in args.combine])
+        else:
+            items = find_images(args.images, max_per_group=args.max_images)
+            report = evaluate(
+                items,
+                _parse_methods(args.methods),
+                preset=args.preset,
+                seed=args.seed,
+                progress=not args.quiet,
+            )
+    except (ValueError, OSError) as exc:
         parser.error(str(exc))
     markdown = to_markdown(report)
     if args.json:

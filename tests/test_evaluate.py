@@ -102,3 +102,37 @@ def test_bad_arguments_exit_with_a_message(tmp_path):
     _save(tmp_path / "a.png", 0)
     with pytest.raises(SystemExit, match="unknown method"):
         main(["--images", str(tmp_path), "--methods", "identity,nope"])
+
+
+def test_combine_merges_separate_runs_into_the_joint_table(two_groups, tmp_path, capsys):
+    root, _ = two_groups
+
+    def run(methods, name, seed=0):
+        out = tmp_path / f"{name}.json"
+        main(["--images", str(root), "--methods", methods, "--seed", str(seed),
+              "--json", str(out), "--quiet"])  # fmt: skip
+        return out
+
+    joint = json.loads(run("identity,autocontrast", "joint").read_text())
+    parts = [run("identity", "a"), run("autocontrast", "b")]
+    merged_json = tmp_path / "merged.json"
+    main(["--combine", *map(str, parts), "--json", str(merged_json), "--quiet"])
+    merged = json.loads(merged_json.read_text())
+
+    def key(report):
+        return [
+            (r["group"], r["method"], r["n"], r["psnr"], r["delta_e"]) for r in report["results"]
+        ]
+
+    assert key(merged) == key(joint)
+    # runs that measured different things are refused, and so is a method measured twice
+    other_seed = str(run("autocontrast", "c", seed=1))
+    for args, message in [
+        ([str(parts[0]), other_seed], "different seed"),
+        ([str(parts[0]), str(parts[0])], "more than one run"),
+        ([str(parts[0]), "--images", str(root)], "either --images"),
+    ]:
+        capsys.readouterr()
+        with pytest.raises(SystemExit):
+            main(["--combine", *args])
+        assert message in capsys.readouterr().err
