@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from pathlib import Path
@@ -21,6 +22,12 @@ IMAGE_SUFFIXES = {
 }
 
 
+def _shown(path: Path) -> str:
+    """A path for a one-line message: control characters (a newline in a name) escaped."""
+    text = str(path)
+    return text if text.isprintable() else ascii(text)
+
+
 def _collect(inputs: list[str]) -> list[Path]:
     """Files named directly, plus image files found (recursively) in named folders."""
     files: list[Path] = []
@@ -33,10 +40,19 @@ def _collect(inputs: list[str]) -> list[Path]:
         elif path.is_file():
             files.append(path)
         else:
-            raise SystemExit(f"error: {item} is neither a file nor a folder.")
+            raise SystemExit(f"error: {_shown(path)} is neither a file nor a folder.")
     if not files:
         raise SystemExit("error: no image files found in the inputs given.")
     return files
+
+
+def _output_folder(name: str) -> Path:
+    out = Path(name)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SystemExit(f"error: cannot use {_shown(out)} as the output folder: {exc}.") from None
+    return out
 
 
 def _cmd_enhance(args: argparse.Namespace) -> int:
@@ -44,8 +60,7 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
 
     import dpe
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _output_folder(args.out)
     try:
         method = dpe.get_method(args.method)
     except (ValueError, FileNotFoundError) as exc:
@@ -59,32 +74,32 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
             result = method.enhance(loaded.image)
             seconds = time.perf_counter() - start
         except ValueError as exc:
-            tqdm.write(f"skipped {path}: {exc}", file=sys.stderr)
+            tqdm.write(f"skipped {_shown(path)}: {exc}", file=sys.stderr)
             failures += 1
             continue
         target = out / f"{path.stem}_{args.method}.png"
         dpe.save_image(result, target, bits=16 if args.bits16 else 8)
-        tqdm.write(f"{target}  ({seconds:.2f} s)")
+        tqdm.write(f"{_shown(target)}  ({seconds:.2f} s)")
     return 1 if failures else 0
 
 
 def _cmd_degrade(args: argparse.Namespace) -> int:
     import dpe
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _output_folder(args.out)
     failures = 0
     for path in _collect(args.inputs):
         try:
             image = dpe.load_image(path).image
         except ValueError as exc:
-            print(f"skipped {path}: {exc}", file=sys.stderr)
+            print(f"skipped {_shown(path)}: {exc}", file=sys.stderr)
             failures += 1
             continue
         low, params = dpe.degrade(image, args.preset, seed=args.seed, return_params=True)
         target = out / f"{path.stem}_{args.preset}_s{args.seed}.png"
         dpe.save_image(low, target)
-        print(f"{target}  brightness={params['brightness']:.3f} contrast={params['contrast']:.3f}")
+        drawn = f"brightness={params['brightness']:.3f} contrast={params['contrast']:.3f}"
+        print(f"{_shown(target)}  {drawn}")
     return 1 if failures else 0
 
 
@@ -129,4 +144,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # Our messages are one line per file. Without a handler, logging's last resort would add
+    # libraries' chatter (tifffile's "invalid offset to first page ...") to the terminal.
+    logging.getLogger().addHandler(logging.NullHandler())
     sys.exit(main())

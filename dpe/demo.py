@@ -181,8 +181,13 @@ def enhance_prepared(
         reference = image
         image, params = simulate(image, simulate_preset, seed)
         notes.append(describe_degradation(params, int(seed)))
-    results = run_methods(image, list(methods), reference=reference)
-    input_metrics = compare(reference, image) if reference is not None else {}
+    scored = reference  # a reference of another size still gets run_methods' clear error
+    if scored is not None and scored.shape == image.shape and min(image.shape[:2]) < 3:
+        h, w = image.shape[:2]
+        notes.append(f"No metrics: SSIM needs at least 3×3 pixels and the image is {w}×{h}.")
+        scored = None
+    results = run_methods(image, list(methods), reference=scored)
+    input_metrics = compare(scored, image) if scored is not None else {}
     notes += [f"{r.label}: {r.error}" for r in results if r.error]
     return Enhanced(image, results, reference, input_metrics, notes, bool(simulate_preset))
 

@@ -18,9 +18,10 @@ EXIF orientation is applied, alpha is composited on black and grayscale is expan
 equal channels, once, here.
 
 The pixel count is read from the header and checked before anything is decoded, so a
-decompression bomb costs nothing. That guard (`DEFAULT_MAX_MEGAPIXELS`, 40) is separate from the
-app's processing limit ``DPE_MAX_MEGAPIXELS``: pass ``max_megapixels=`` per call, or set
-``DPE_MAX_LOAD_MEGAPIXELS`` for the process.
+decompression bomb costs nothing; a TIFF's sample count is checked too (four per pixel at
+most), since a header may claim 128 samples per pixel. That guard (`DEFAULT_MAX_MEGAPIXELS`,
+40) is separate from the app's processing limit ``DPE_MAX_MEGAPIXELS``: pass
+``max_megapixels=`` per call, or set ``DPE_MAX_LOAD_MEGAPIXELS`` for the process.
 
 Every problem with the input raises `ImageError`, a `ValueError` whose message says what is wrong
 and what to do; third-party exceptions are chained to it, never raised as they are.
@@ -32,6 +33,7 @@ import io
 import math
 import numbers
 import os
+import re
 import struct
 import warnings
 from dataclasses import dataclass, field
@@ -112,7 +114,13 @@ _EXIF_ORIENTATION = 0x0112
 
 
 class ImageError(ValueError):
-    """The input cannot be read as an image; the message says why and what to do."""
+    """The input cannot be read as an image; the message says why and what to do.
+
+    The message is one printable line, whatever bytes of a damaged file it quotes.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__("".join(c if c.isprintable() else "?" for c in str(message)))
 
 
 class _Unrecognised(Exception):
@@ -279,15 +287,17 @@ def _read_source(source) -> tuple[bytes, str]:
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         try:
-            return path.read_bytes(), f"'{path.name}'"
+            return path.read_bytes(), _quoted(path.name)
         except FileNotFoundError:
-            raise ImageError(f"No file at '{path}'; check the path.") from None
+            raise ImageError(f"No file at {_quoted(path)}; check the path.") from None
         except IsADirectoryError:
-            raise ImageError(f"'{path}' is a folder; choose an image file inside it.") from None
+            raise ImageError(
+                f"{_quoted(path)} is a folder; choose an image file inside it."
+            ) from None
         except PermissionError:
-            raise ImageError(f"'{path}' cannot be read: permission denied.") from None
+            raise ImageError(f"{_quoted(path)} cannot be read: permission denied.") from None
         except OSError as exc:
-            raise ImageError(f"'{path}' cannot be read: {exc.strerror or exc}.") from exc
+            raise ImageError(f"{_quoted(path)} cannot be read: {exc.strerror or exc}.") from exc
     if hasattr(source, "read"):
         try:
             data = source.read()
@@ -296,11 +306,17 @@ def _read_source(source) -> tuple[bytes, str]:
         if isinstance(data, str):
             raise TypeError("The file object is in text mode; open it with mode 'rb'.")
         file_name = getattr(source, "name", None)
-        name = f"'{Path(file_name).name}'" if isinstance(file_name, str) else "The image data"
+        name = _quoted(Path(file_name).name) if isinstance(file_name, str) else "The image data"
         return bytes(data), name
     raise TypeError(
         f"source must be a path, bytes or a binary file object; got {type(source).__name__}."
     )
+
+
+def _quoted(name: str | os.PathLike) -> str:
+    """A file name for a message: in quotes, on one line (control characters escaped)."""
+    text = str(name)
+    return f"'{text}'" if text.isprintable() else ascii(text)
 
 
 def _check_pixels(width: int, height: int, name: str, limit: float) -> None:
@@ -447,9 +463,7 @@ def _load_with_pillow(data: bytes, name: str, limit: float) -> LoadedImage:
             warnings.simplefilter("ignore")
             im = Image.open(io.BytesIO(data), formats=PILLOW_FORMATS)
     except Image.DecompressionBombError as exc:
-        raise ImageError(
-            f"{name} has too many pixels to load safely ({exc}). Downscale or crop it first."
-        ) from exc
+        raise ImageError(_bomb_message(name, exc, limit)) from exc
     except UnidentifiedImageError:
         raise _Unrecognised from None
     except Exception as exc:  # Pillow raises assorted types for malformed headers
@@ -489,6 +503,21 @@ def _decode_pillow(im: Image.Image, data: bytes, name: str, limit: float) -> Loa
         notes=notes,
         orientation=orientation,
         n_frames=n_frames,
+    )
+
+
+def _bomb_message(name: str, exc: Exception, limit: float) -> str:
+    """Pillow's own decompression-bomb refusal (a header past its hard cap) in our words."""
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    size = f"{int(found.group(1)) / 1e6:.1f} megapixels" if found else "its header's size"
+    pillow_cap = 2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6  # Pillow errors at twice its warning
+    if limit < pillow_cap:
+        cap = f"the {limit:g}-megapixel limit for loading"
+    else:
+        cap = f"Pillow's {pillow_cap:.0f}-megapixel safety limit"
+    return (
+        f"{name} has too many pixels to load safely ({size}, more than {cap}). Downscale or "
+        "crop it first."
     )
 
 
@@ -540,6 +569,9 @@ def _u8(im: Image.Image) -> np.ndarray:
 def _decode_png16(data: bytes, name: str, color_type: int) -> _Samples:
     import cv2  # only needed here; keeps `import dpe.io` light
 
+    if not _png_chunks_fit(data):
+        # OpenCV spends seconds on a chunk whose length runs past the end of the data.
+        raise ImageError(_corrupt_message(name, "a PNG chunk runs past the end of the file"))
     arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is None:
         raise ImageError(_corrupt_message(name, "the 16-bit PNG data cannot be decoded"))
@@ -555,11 +587,36 @@ def _decode_png16(data: bytes, name: str, color_type: int) -> _Samples:
     return _Samples(values, arr.shape[2] in (2, 4), color_type in (0, 4), channels)
 
 
+def _png_chunks_fit(data: bytes) -> bool:
+    """Whether every chunk up to IEND lies within ``data`` (lengths are not trusted)."""
+    pos = len(_PNG_MAGIC)
+    while pos + 12 <= len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind = data[pos + 4 : pos + 8]
+        pos += 12 + length  # length, type, payload, CRC
+        if kind == b"IEND":
+            break
+    return pos <= len(data)
+
+
 def _corrupt_message(name: str, reason: object) -> str:
     return (
-        f"{name} is truncated or corrupt ({reason}); the file may not have been fully "
+        f"{name} is truncated or corrupt ({_reason(reason)}); the file may not have been fully "
         "copied or uploaded. Export or copy it again."
     )
+
+
+_OBJECT_REPR = re.compile(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>")
+
+
+def _reason(exc: object, *, last_line: bool = False) -> str:
+    """A third-party error as one short line: no object addresses, never a bare number."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = _OBJECT_REPR.sub("", (lines[-1] if last_line else lines[0]) if lines else "").strip()
+    if isinstance(exc, BaseException) and not any(c.isalpha() for c in text):
+        # e.g. tifffile's IndexError(0) for a file whose first page cannot be found
+        text = f"{type(exc).__name__} {text}".strip()
+    return text if len(text) <= 200 else text[:199] + "…"
 
 
 # --------------------------------------------------------------------------------------------
@@ -569,10 +626,13 @@ def _corrupt_message(name: str, reason: object) -> str:
 def _load_tiff(data: bytes, name: str, limit: float) -> LoadedImage:
     try:
         with tifffile.TiffFile(io.BytesIO(data)) as tif:
-            page = tif.pages.first
             n_pages = len(tif.pages)
+            if not n_pages:
+                raise ImageError(_corrupt_message(name, "the TIFF's first page cannot be found"))
+            page = tif.pages.first
             width, height = int(page.imagewidth), int(page.imagelength)
             _check_pixels(width, height, name, limit)
+            _check_tiff_samples(int(page.size), width * height, name, limit)
             bits = int(page.bitspersample)
             orientation = _tiff_orientation(page)
             notes: list[str] = []
@@ -600,6 +660,16 @@ def _load_tiff(data: bytes, name: str, limit: float) -> LoadedImage:
         orientation=orientation,
         n_frames=n_pages,
     )
+
+
+def _check_tiff_samples(samples: int, pixels: int, name: str, limit: float) -> None:
+    # The pixel check alone would let a header claim 128 samples per pixel (gigabytes).
+    if samples > 4 * limit * 1e6:  # four samples per pixel: RGBA
+        raise ImageError(
+            f"{name} holds {samples / 1e6:.0f} million samples ({samples // pixels} per pixel), "
+            f"more than a {limit:g}-megapixel RGBA image has. It is corrupt, or a stack of "
+            "images this program does not read; save the image alone as PNG or TIFF."
+        )
 
 
 def _tiff_orientation(page: tifffile.TiffPage) -> int:
@@ -688,8 +758,8 @@ def _read_dicom(data: bytes, name: str) -> Dataset:
             return pydicom.dcmread(io.BytesIO(data), force=True)
     except Exception as exc:
         raise ImageError(
-            f"{name} is a DICOM file whose header cannot be read ({exc}); it is truncated or "
-            "corrupt. Export it from the PACS or viewer again."
+            f"{name} is a DICOM file whose header cannot be read ({_reason(exc)}); it is "
+            "truncated or corrupt. Export it from the PACS or viewer again."
         ) from exc
 
 
@@ -706,6 +776,17 @@ def _read_bare_dicom(data: bytes) -> Dataset | None:
 
 
 def _load_dicom(ds: Dataset, name: str, limit: float) -> LoadedImage:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # odd values in a damaged header warn on first use
+            return _dicom_image(ds, name, limit)
+    except ImageError:
+        raise
+    except Exception as exc:  # pydicom converts values on first use: bad VRs, lengths, UIDs
+        raise ImageError(_corrupt_message(name, exc)) from exc
+
+
+def _dicom_image(ds: Dataset, name: str, limit: float) -> LoadedImage:
     if not any(kw in ds for kw in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         if ds.get("Rows") and ds.get("Columns"):
             raise ImageError(
@@ -713,7 +794,9 @@ def _load_dicom(ds: Dataset, name: str, limit: float) -> LoadedImage:
                 "truncated. Export it again."
             )
         sop = ds.get("SOPClassUID")
-        kind = f" ({sop.name})" if sop is not None else ""
+        sop_name = getattr(sop, "name", None)  # a UID's registered name, else the UID itself
+        known = isinstance(sop_name, str) and sop_name != str(sop) and sop_name.isprintable()
+        kind = f" ({sop_name})" if known else ""
         raise ImageError(
             f"{name} is a DICOM file without pixel data{kind}: a report, plan or similar, not "
             "an image. Choose a file from an image series."
@@ -797,13 +880,13 @@ def _decode_dicom_frame(ds: Dataset, name: str, index: int) -> tuple[np.ndarray,
             warnings.simplefilter("ignore")
             arr, meta = decoder.as_array(ds, index=index, as_rgb=True)
     except RuntimeError as exc:  # every available plugin failed
-        reason = str(exc).strip().splitlines()[-1].strip()
+        reason = _reason(exc, last_line=True)
         raise ImageError(
             f"{name}: the pixel data in transfer syntax '{syntax.name}' could not be decoded "
             f"({reason}). The file may be corrupt, or it needs another decoder. {advice}"
         ) from exc
     except Exception as exc:  # short pixel data, inconsistent image attributes, ...
-        raise ImageError(_corrupt_message(name, str(exc).splitlines()[0])) from exc
+        raise ImageError(_corrupt_message(name, exc)) from exc
     photometric = str(meta.get("photometric_interpretation") or ds.PhotometricInterpretation)
     return arr, photometric.strip().upper()
 
