@@ -34,6 +34,7 @@ import pandas as pd  # noqa: E402
 import study  # noqa: E402
 import study.session  # noqa: E402
 import study.tables  # noqa: E402
+import study.throttle  # noqa: E402
 from dpe import demo as dd  # noqa: E402
 from dpe.degrade import PRESETS  # noqa: E402
 from dpe.methods import method_info  # noqa: E402
@@ -85,6 +86,23 @@ def _user_errors(callback):
             raise gr.Error(str(exc)) from None
 
     return shown
+
+
+# Wrong invite codes and admin tokens, counted per address. Process-wide on purpose: a
+# guesser can open a fresh session for every try, so per-session state would slow no one.
+JOIN_ATTEMPTS = study.throttle.Throttle()
+ADMIN_ATTEMPTS = study.throttle.Throttle()
+
+
+def _client(request: gr.Request | None) -> str | None:
+    """The address a request came from; None for a call from this process (tests, scripts).
+
+    Behind a reverse proxy, list its address in ``FORWARDED_ALLOW_IPS`` so uvicorn puts the
+    visitor's address here instead of the proxy's.
+    """
+    if request is None:
+        return None
+    return getattr(getattr(request, "client", None), "host", None) or "unknown"
 
 
 def _output_dir() -> Path:
@@ -240,9 +258,15 @@ def restore_code(remembered: str | None):
 
 
 @_user_errors
-def join_study(code: str):
-    """Sign a rater in with their invite code and show practice or their next trial."""
-    session = study.session.join(_db(), code, _practice())
+def join_study(code: str, request: gr.Request | None = None):
+    """Sign a rater in with their invite code and show practice or their next trial.
+
+    Repeated wrong codes from one address must wait (``JOIN_ATTEMPTS``); an empty field is
+    not a guess.
+    """
+    client = _client(request) if (code or "").strip() else None
+    with JOIN_ATTEMPTS.guard(client, study.InvalidInviteError):
+        session = study.session.join(_db(), code, _practice())
     return _show(session, remembered=(code or "").strip())
 
 
@@ -277,6 +301,7 @@ def pause(session: Session | None):
     return session, *_study_view(session, "paused"), gr.skip()
 
 
+@_user_errors
 def resume(session: Session | None):
     """Continue with the trial that was on screen when the rater paused."""
     if not session:
@@ -316,13 +341,22 @@ ADMIN_OFF = (
 )
 
 
-def _require_admin(token: str | None) -> None:
-    # Checked on every researcher call: private endpoints can still be called over HTTP.
+def _require_admin(token: str | None, request: gr.Request | None = None) -> None:
+    # Checked on every researcher call: private endpoints can still be called over HTTP
+    # (/gradio_api/call/<name>). Constant-time comparison; wrong tokens are slowed down.
     expected = os.environ.get("DPE_ADMIN_TOKEN", "")
     if not expected:
         raise gr.Error(ADMIN_OFF)
-    if not hmac.compare_digest(str(token or "").encode(), expected.encode()):
+    client = _client(request)
+    try:
+        ADMIN_ATTEMPTS.check(client)
+    except study.StudyError as exc:
+        raise gr.Error(str(exc)) from None
+    sent = str(token or "").encode("utf-8", "surrogatepass")  # any text a client sends
+    if not hmac.compare_digest(sent, expected.encode("utf-8")):
+        ADMIN_ATTEMPTS.failed(client)
         raise gr.Error("That admin token is not right.")
+    ADMIN_ATTEMPTS.succeeded(client)
 
 
 def results_intro():
@@ -337,22 +371,22 @@ def _study_picker(current: str | None) -> gr.Dropdown:
     return gr.Dropdown(choices=studies, value=study.tables.keep_choice(studies, current))
 
 
-def open_results(token: str):
+def open_results(token: str, request: gr.Request | None = None):
     """Check the token, then show the researcher views with the newest study selected."""
-    _require_admin(token)
+    _require_admin(token, request)
     return gr.Column(visible=True), _study_picker(None), method_choices(), ""
 
 
-def refresh_studies(token: str, current: str | None):
+def refresh_studies(token: str, current: str | None, request: gr.Request | None = None):
     """Re-read the list of studies, keeping the selection."""
-    _require_admin(token)
+    _require_admin(token, request)
     return _study_picker(current)
 
 
 @_user_errors
-def show_results(token: str, study_id: str | None):
+def show_results(token: str, study_id: str | None, request: gr.Request | None = None):
     """Status, preference shares, Bradley–Terry scores, win matrix, modalities, rater quality."""
-    _require_admin(token)
+    _require_admin(token, request)
     if not study_id:
         empty = study.tables.empty_share()
         return ("No study yet: create one below.", None, empty, None, "", None, None)
@@ -360,9 +394,9 @@ def show_results(token: str, study_id: str | None):
 
 
 @_user_errors
-def export_results(token: str, study_id: str | None) -> str:
+def export_results(token: str, study_id: str | None, request: gr.Request | None = None) -> str:
     """One zip of what ``python -m study export`` writes: CSV tables, report.json, study.db."""
-    _require_admin(token)
+    _require_admin(token, request)
     if not study_id:
         raise gr.Error("Choose a study to export.")
     return str(study.export_zip(_db(), study_id, _output_dir()))
@@ -383,9 +417,10 @@ def create_study(
     repeat_fraction: float,
     show_source: bool,
     progress=gr.Progress(),  # noqa: B008 (Gradio injects the tracker through this default)
+    request: gr.Request | None = None,
 ):
     """Enhance the images with every chosen method, store them blinded and open the study."""
-    _require_admin(token)
+    _require_admin(token, request)
     if use_examples:
         images = study.find_images(EXAMPLES_DIR)
     elif files:
@@ -417,9 +452,16 @@ def create_study(
 
 
 @_user_errors
-def invite(token: str, study_id: str | None, name: str, specialty: str, years: float | None):
+def invite(
+    token: str,
+    study_id: str | None,
+    name: str,
+    specialty: str,
+    years: float | None,
+    request: gr.Request | None = None,
+):
     """Add a rater; their invite code is shown here once and stored only as a hash."""
-    _require_admin(token)
+    _require_admin(token, request)
     if not study_id:
         raise gr.Error("Choose a study first.")
     years = None if years in (None, "") else int(years)
@@ -434,13 +476,31 @@ def invite(token: str, study_id: str | None, name: str, specialty: str, years: f
 
 
 @_user_errors
-def close_selected(token: str, study_id: str | None):
+def close_selected(token: str, study_id: str | None, request: gr.Request | None = None):
     """Stop a study taking votes."""
-    _require_admin(token)
+    _require_admin(token, request)
     if not study_id:
         raise gr.Error("Choose a study first.")
     study.close_study(_db(), study_id)
     return _study_picker(study_id)
+
+
+@_user_errors
+def revoke(
+    token: str, study_id: str | None, pseudonym: str, request: gr.Request | None = None
+) -> str:
+    """Withdraw a rater's invite code (by pseudonym): it stops working at once, even mid-study.
+
+    Their votes so far stay in the study.
+    """
+    _require_admin(token, request)
+    if not study_id:
+        raise gr.Error("Choose a study first.")
+    rater = study.revoke_rater(_db(), study_id, pseudonym or "")
+    return (
+        f"Rater **{rater['pseudonym']}**'s invite code is withdrawn; their {rater['votes']} "
+        "votes stay in the study. Invite them again for a new code."
+    )
 
 
 # ================================================================ layout and wiring
@@ -719,6 +779,11 @@ with demo.route("Results", "/results"):
                 label="Invite code (shown once)", interactive=False, buttons=["copy"]
             )
             invite_message = gr.Markdown()
+        with gr.Accordion("Withdraw an invite code", open=False):
+            with gr.Row():
+                revoke_name = gr.Textbox(label="Rater (pseudonym, e.g. R03)", elem_id="revoke")
+                revoke_button = gr.Button("Withdraw code", variant="stop", elem_id="revoke-button")
+            revoke_message = gr.Markdown()
         with gr.Accordion("Create a study", open=False):
             new_title = gr.Textbox(label="Title (raters see it; name no method)")
             new_instructions = gr.Textbox(label="Instructions for raters (optional)", lines=3)
@@ -761,6 +826,7 @@ with demo.route("Results", "/results"):
         [invite_code, invite_message],
         **ADMIN,
     )
+    revoke_button.click(revoke, [token, study_pick, revoke_name], revoke_message, **ADMIN)
     create_button.click(
         create_study,
         [token, new_title, new_instructions, new_methods, new_images, new_modality, use_examples]
@@ -770,11 +836,20 @@ with demo.route("Results", "/results"):
         **HEAVY,
     ).success(show_results, [token, study_pick], result_views, **ADMIN)
 
-demo.queue(default_concurrency_limit=2, max_size=64)
+# api_open=False: /gradio_api/run/<name> would run a queued event at once, past its
+# concurrency limit and the queue's max_size; every call goes through the queue instead.
+demo.queue(default_concurrency_limit=2, max_size=64, api_open=False)
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
-    hub_backup.start_backup(_db())
+    try:
+        media = _db().media_root
+        hub_backup.start_backup(_db())
+    except study.StorageError as exc:
+        # A read-only or full data folder: the demo still serves, the Study page tells
+        # raters so, and _db() tries again on every call.
+        logging.getLogger(__name__).error("the study database is unavailable: %s", exc)
+        media = study.data_dir().resolve() / "media"
     # Study images may live outside the working and temp folders (a Space's /data): allow
     # exactly their folder, never the database beside it.
-    demo.launch(**LAUNCH_OPTIONS, allowed_paths=[str(_db().media_root)])
+    demo.launch(**LAUNCH_OPTIONS, allowed_paths=[str(media)])

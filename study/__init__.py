@@ -13,8 +13,8 @@ Typical use (the app does the same behind its pages)::
     study.record_vote(db, rater["id"], trial.trial_id, "left", response_ms=2300)
 
 Submodules imported on their own: ``study.session`` (a rater's screens, one answer each, for
-a UI), ``study.tables`` (results as frames and HTML) and ``study.hub_backup`` (snapshots to
-the Hugging Face Hub).
+a UI), ``study.tables`` (results as frames and HTML), ``study.throttle`` (slowing down
+repeated wrong codes) and ``study.hub_backup`` (snapshots to the Hugging Face Hub).
 """
 
 from study.analysis import analyse, analyse_study, format_report, load_votes
@@ -35,6 +35,7 @@ from study.db import (
     SCHEMA_VERSION,
     NotFoundError,
     SchemaError,
+    StorageError,
     StudyDB,
     StudyError,
     backup,
@@ -45,6 +46,7 @@ from study.export import export_study, export_zip
 from study.trials import (
     InvalidInviteError,
     Invite,
+    RaterRevokedError,
     StudyNotOpenError,
     Trial,
     Vote,
@@ -55,6 +57,7 @@ from study.trials import (
     rater_by_token,
     rater_progress,
     record_vote,
+    revoke_rater,
     update_rater,
 )
 
@@ -64,8 +67,10 @@ __all__ = [
     "InvalidInviteError",
     "Invite",
     "NotFoundError",
+    "RaterRevokedError",
     "SchemaError",
     "SourceImage",
+    "StorageError",
     "StudyDB",
     "StudyError",
     "StudyNotOpenError",
@@ -95,6 +100,7 @@ __all__ = [
     "rater_progress",
     "read_image",
     "record_vote",
+    "revoke_rater",
     "stimulus_path",
     "update_rater",
 ]

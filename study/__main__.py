@@ -2,6 +2,7 @@
 
     python -m study create --title T --images DIR --methods dpe,lime [--degrade paper --seed N]
     python -m study invite STUDY --name N [--specialty S]
+    python -m study revoke STUDY RATER
     python -m study status [STUDY]
     python -m study export STUDY --out DIR
     python -m study report STUDY
@@ -21,7 +22,7 @@ from study.create import build_study, find_images, get_study, list_studies, new_
 from study.db import StudyDB, StudyError, open_db
 from study.design import DESIGNS
 from study.export import export_study
-from study.trials import invite_rater, progress
+from study.trials import invite_rater, progress, revoke_rater
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -57,6 +58,11 @@ def _parser() -> argparse.ArgumentParser:
     invite.add_argument("--specialty", default="")
     invite.add_argument("--years", type=int, help="years of experience")
     invite.set_defaults(run=_invite)
+
+    revoke = commands.add_parser("revoke", help="withdraw a rater's invite code (votes stay)")
+    revoke.add_argument("study")
+    revoke.add_argument("rater", help="the rater's pseudonym, e.g. R03 (see `status`)")
+    revoke.set_defaults(run=_revoke)
 
     status = commands.add_parser("status", help="progress of a study (or list all studies)")
     status.add_argument("study", nargs="?")
@@ -142,6 +148,14 @@ def _invite(db: StudyDB, args) -> None:
     print(invite.code)
 
 
+def _revoke(db: StudyDB, args) -> None:
+    rater = revoke_rater(db, args.study, args.rater)
+    print(
+        f"rater {rater['pseudonym']}'s invite code is withdrawn (since {rater['revoked']}); "
+        f"their {rater['votes']} votes stay in study {args.study}."
+    )
+
+
 def _status(db: StudyDB, args) -> None:
     if args.study is None:
         studies = list_studies(db)
@@ -157,7 +171,9 @@ def _status(db: StudyDB, args) -> None:
     for r in p["raters"]:
         specialty = r["specialty"] or "-"
         seen = r["last_seen"] or "never"
-        print(f"  {r['pseudonym']:<5} {specialty:<16} {r['done']:>5}/{r['total']:<5} seen {seen}")
+        revoked = f"  code withdrawn {r['revoked']}" if r["revoked"] else ""
+        line = f"  {r['pseudonym']:<5} {specialty:<16} {r['done']:>5}/{r['total']:<5} seen {seen}"
+        print(line + revoked)
     if not p["raters"]:
         print(f"  no raters yet; invite one with `python -m study invite {p['study']} --name N`.")
 

@@ -3,12 +3,15 @@
 The database file is the artifact researchers keep. Every write goes through
 :meth:`StudyDB.atomic`, which opens ``BEGIN IMMEDIATE`` so that a transaction that reads and
 then writes holds the write lock from its first statement (a deferred transaction that
-upgrades under load fails with "database is locked" instead of waiting).
+upgrades under load fails with "database is locked" instead of waiting). A disk that is
+full, read-only or failing surfaces as :class:`StorageError`: nothing was saved, and the
+message says so in words a rater can act on.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
 import sqlite3
@@ -24,6 +27,8 @@ DEFAULT_DATA_DIR = "./data/study"
 DB_FILENAME = "study.db"
 CHOICES = ("left", "right", "tie", "both_bad")
 
+log = logging.getLogger(__name__)
+
 
 class StudyError(ValueError):
     """Base class for errors a user of the study tool can cause and fix."""
@@ -35,6 +40,38 @@ class NotFoundError(StudyError):
 
 class SchemaError(StudyError):
     """The database was written by a newer version of this tool."""
+
+
+class StorageError(StudyError):
+    """The database cannot be opened or written (disk full, read-only, failing): nothing saved."""
+
+
+# SQLite's primary result codes (the low byte of an extended code) that mean the storage, not
+# the request, is at fault, and how to say so. Any other error propagates unchanged.
+_STORAGE_PROBLEMS = {
+    sqlite3.SQLITE_FULL: "the disk that holds the study's data is full",
+    sqlite3.SQLITE_READONLY: "the study's data folder is read-only",
+    sqlite3.SQLITE_CANTOPEN: "the study's database cannot be opened (is its folder read-only?)",
+    sqlite3.SQLITE_PERM: "the study's data folder may not be written to",
+    sqlite3.SQLITE_IOERR: "the disk that holds the study's data reported an error",
+    sqlite3.SQLITE_BUSY: "the study's database stayed busy for too long",
+}
+
+
+@contextlib.contextmanager
+def _storage_errors(path: Path) -> Iterator[None]:
+    """Re-raise SQLite's disk full, read-only, I/O and busy errors as :class:`StorageError`."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        problem = _STORAGE_PROBLEMS.get(getattr(exc, "sqlite_errorcode", -1) & 0xFF)
+        if problem is None:
+            raise
+        log.error("study database %s: %s", path, exc)
+        raise StorageError(
+            f"The study cannot save answers right now: {problem}, so nothing was saved. "
+            "Please try again in a few minutes; if this keeps happening, tell the study team."
+        ) from exc
 
 
 def m001_initial_schema(db: sqlite_utils.Database) -> None:
@@ -153,8 +190,17 @@ def m002_audit_events_and_last_seen(db: sqlite_utils.Database) -> None:
     db["raters"].add_column("last_seen", str)
 
 
+def m003_rater_revocation(db: sqlite_utils.Database) -> None:
+    """When the study team withdrew a rater's invite code (NULL while the code is valid)."""
+    db["raters"].add_column("revoked", str)
+
+
 # Append-only: a released migration never changes; a schema change is a new function here.
-MIGRATION_STEPS = (m001_initial_schema, m002_audit_events_and_last_seen)
+MIGRATION_STEPS = (
+    m001_initial_schema,
+    m002_audit_events_and_last_seen,
+    m003_rater_revocation,
+)
 MIGRATIONS = Migrations("dpe_study")
 for _step in MIGRATION_STEPS:
     MIGRATIONS()(_step)
@@ -213,10 +259,17 @@ class StudyDB:
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: the driver never opens transactions behind our back;
         # atomic() decides. check_same_thread=False only so close() can close them all.
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA foreign_keys=ON")
+        with _storage_errors(self.path):
+            conn = sqlite3.connect(
+                self.path, timeout=30, isolation_level=None, check_same_thread=False
+            )
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute("PRAGMA foreign_keys=ON")
+            except BaseException:
+                conn.close()
+                raise
         with self._lock:
             self._connections.append(conn)
         return conn
@@ -226,6 +279,7 @@ class StudyDB:
         """Run the block in one transaction: commit at the end, roll back on any exception.
 
         The outermost block starts with ``BEGIN IMMEDIATE``; nested blocks use a SAVEPOINT.
+        A full, read-only or failing disk raises :class:`StorageError` after the rollback.
         """
         conn = self.conn
         if conn.in_transaction:
@@ -240,14 +294,15 @@ class StudyDB:
                 raise
             conn.execute(f"RELEASE SAVEPOINT {name}")
             return
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.db
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+        with _storage_errors(self.path):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
 
     def query(self, sql: str, params: Sequence = ()) -> list[dict]:
         """Rows of a read query as dicts."""

@@ -1,8 +1,8 @@
 """Exports researchers keep: CSV tables, a JSON report and a scrubbed database snapshot.
 
 Exports are pseudonymous: raters appear by pseudonym, and neither invite codes nor their
-hashes nor rater names leave the server. Text cells a spreadsheet would run as a formula
-are escaped.
+hashes nor rater names leave the server, nor anything of another study. Text cells a
+spreadsheet would run as a formula are escaped.
 """
 
 from __future__ import annotations
@@ -90,6 +90,7 @@ RATER_COLUMNS = [
     "loo_agreement",
     "outlier",
     "median_response_ms",
+    "revoked",
 ]
 
 
@@ -150,7 +151,7 @@ def export_study(
     }
     written["report"] = out / "report.json"
     written["report"].write_text(json.dumps(report, indent=2, allow_nan=False), encoding="utf-8")
-    written["database"] = _scrubbed_snapshot(db, snapshot)
+    written["database"] = _scrubbed_snapshot(db, snapshot, study_id)
     log_event(db, study_id, "export_taken", json.dumps({"votes": int(len(votes))}))
     return written
 
@@ -207,7 +208,7 @@ def _rater_rows(db: StudyDB, study_id: str, report: dict) -> list[dict]:
     quality = {row["rater"]: row for row in report["rater_quality"]}
     raters = db.query(
         """SELECT r.pseudonym AS rater, r.specialty, r.years_experience, r.created,
-                  count(t.id) AS trials
+                  r.revoked, count(t.id) AS trials
            FROM raters r LEFT JOIN trials t ON t.rater = r.id
            WHERE r.study = ? GROUP BY r.id ORDER BY r.id""",
         [study_id],
@@ -215,14 +216,36 @@ def _rater_rows(db: StudyDB, study_id: str, report: dict) -> list[dict]:
     return [{"votes": 0, **quality.get(r["rater"], {}), **r} for r in raters]
 
 
-def _scrubbed_snapshot(db: StudyDB, target: Path) -> Path:
-    """A ``VACUUM INTO`` snapshot with invite-code hashes and rater names removed."""
+# Rows of every other study, children before parents; each statement takes the study id once.
+_OTHER_STUDIES = (
+    """DELETE FROM votes WHERE trial IN (SELECT t.id FROM trials t
+       JOIN raters r ON r.id = t.rater WHERE r.study IS NOT ?)""",
+    "DELETE FROM trials WHERE rater IN (SELECT id FROM raters WHERE study IS NOT ?)",
+    "DELETE FROM raters WHERE study IS NOT ?",
+    "DELETE FROM stimuli WHERE item IN (SELECT id FROM items WHERE study IS NOT ?)",
+    "DELETE FROM items WHERE study IS NOT ?",
+    "DELETE FROM methods WHERE study IS NOT ?",
+    "DELETE FROM events WHERE study IS NOT ?",
+    "DELETE FROM studies WHERE id IS NOT ?",
+)
+
+
+def _scrubbed_snapshot(db: StudyDB, target: Path, study_id: str) -> Path:
+    """A ``VACUUM INTO`` snapshot of one study, with invite-code hashes and rater names removed.
+
+    Other studies in the same database are deleted from it: an export of one study is
+    shared with that study's collaborators only.
+    """
     backup(db, target)
     conn = sqlite3.connect(target, isolation_level=None)
     try:
         conn.execute("PRAGMA journal_mode=DELETE")
         conn.execute("PRAGMA secure_delete=ON")
+        conn.execute("BEGIN")
+        for statement in _OTHER_STUDIES:
+            conn.execute(statement, [study_id])
         conn.execute("UPDATE raters SET token_hash = 'removed-' || id, display_name = pseudonym")
+        conn.execute("COMMIT")
         conn.execute("VACUUM")  # rewrite the file so no old page keeps the removed values
     finally:
         conn.close()

@@ -12,6 +12,7 @@ serves the rater's first unanswered screen again with a fresh token and timer.
 
 from __future__ import annotations
 
+import hmac
 import os
 import secrets
 import time
@@ -22,9 +23,11 @@ from typing import Literal
 from study.create import get_study, stimulus_path
 from study.db import CHOICES, StudyDB, StudyError
 from study.trials import (
+    MAX_RESPONSE_MS,
     InvalidInviteError,
     StudyNotOpenError,
     VoteConflictError,
+    active_rater,
     next_trial,
     rater_by_token,
     rater_progress,
@@ -74,7 +77,7 @@ def join(db: StudyDB, code: str, practice: Sequence[Sequence[str | os.PathLike]]
     ``practice`` holds (source, left, right) image files shown before the first trial, only
     to raters who have not voted yet. Raises :class:`StudyError` with a message for the rater.
     """
-    code = (code or "").strip()
+    code = code.strip() if isinstance(code, str) else ""
     if not code:
         raise InvalidInviteError("Enter the invite code the study team gave you.")
     rater = rater_by_token(db, code)
@@ -97,8 +100,10 @@ def _practice(files: Sequence[str | os.PathLike]) -> Practice:
 def next_screen(db: StudyDB, session: Session) -> Session:
     """The session showing its next screen (a practice pair, else the next trial, else None).
 
-    Always under a fresh token, with the response timer restarted.
+    Always under a fresh token, with the response timer restarted. Raises
+    :class:`~study.trials.RaterRevokedError` once the rater's code has been withdrawn.
     """
+    active_rater(db, session.rater)  # practice too: a withdrawn code gets no more screens
     if session.practice:
         source, left, right = session.practice[0]
         done = session.practice_total - len(session.practice)
@@ -126,13 +131,13 @@ def answer(db: StudyDB, session: Session, token: str | None, choice: str) -> Ses
     display) changes nothing and returns ``session`` itself. A trial answered meanwhile from
     another tab keeps its first answer. Raises :class:`StudyError` when the study closed.
     """
-    if choice not in CHOICES:
+    if not isinstance(choice, str) or choice not in CHOICES:
         raise StudyError(f"choice must be one of {', '.join(CHOICES)}; got {choice!r}.")
     screen = session.screen
-    if screen is None or not token or token != session.token:
+    if screen is None or not _same_token(token, session.token):
         return session
     if screen.kind == "trial":
-        elapsed_ms = int((time.monotonic() - session.served_at) * 1000)
+        elapsed_ms = min(int((time.monotonic() - session.served_at) * 1000), MAX_RESPONSE_MS)
         try:
             record_vote(db, session.rater, screen.trial_id, choice, response_ms=elapsed_ms)
         except VoteConflictError:
@@ -140,6 +145,14 @@ def answer(db: StudyDB, session: Session, token: str | None, choice: str) -> Ses
     else:
         session = replace(session, practice=session.practice[1:])
     return next_screen(db, session)
+
+
+def _same_token(sent, expected: str) -> bool:
+    # The token comes from the browser: any type, any text. Compared as bytes in constant
+    # time (compare_digest refuses non-ASCII str).
+    if not isinstance(sent, str) or not sent or not expected:
+        return False
+    return hmac.compare_digest(sent.encode("utf-8", "surrogatepass"), expected.encode("utf-8"))
 
 
 def resume(db: StudyDB, session: Session) -> Session:
@@ -155,6 +168,7 @@ def ending(db: StudyDB, session: Session) -> Literal["finished", "closed"]:
 
 def profile(db: StudyDB, session: Session) -> dict:
     """The rater's own profile: ``specialty`` and ``years_experience`` (None when not given)."""
+    active_rater(db, session.rater)
     return db.query_one(
         "SELECT specialty, years_experience FROM raters WHERE id = ?",
         [session.rater],

@@ -16,14 +16,27 @@ import secrets
 from dataclasses import dataclass
 
 from study.create import get_study
-from study.db import CHOICES, StudyDB, StudyError, log_event, now_iso
+from study.db import CHOICES, NotFoundError, StudyDB, StudyError, log_event, now_iso
 from study.design import PlannedTrial, balanced_plan, bt_posterior, choose_active_trial
 
 MAX_YEARS = 80  # a profile's years of experience; more is a typo
+INVITE_BYTES = 16  # 128 random bits per invite code: guessing one is hopeless
+MAX_CODE_CHARS = 256  # longer input cannot be a code; refused before hashing
+MAX_RESPONSE_MS = 2**31 - 1  # about 25 days; a longer time is not a response time
+MAX_ID = 2**63 - 1  # SQLite's largest integer; a bigger id cannot name a row
 
 
 class InvalidInviteError(StudyError):
     """The invite code is not known."""
+
+
+class RaterRevokedError(InvalidInviteError):
+    """The study team withdrew this rater's invite code; it no longer signs in or votes."""
+
+
+REVOKED = (
+    "this invite code was withdrawn by the study team; ask them whether to continue with a new one."
+)
 
 
 class StudyNotOpenError(StudyError):
@@ -80,7 +93,8 @@ class Vote:
 
 def hash_code(code: str) -> str:
     """The sha256 hex digest under which an invite code is stored."""
-    return hashlib.sha256(code.strip().encode("utf-8")).hexdigest()
+    # surrogatepass: a lone surrogate sent by a client hashes to no code instead of raising.
+    return hashlib.sha256(code.strip().encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def invite_rater(
@@ -98,7 +112,7 @@ def invite_rater(
     if years_experience is not None and (int(years_experience) < 0):
         raise StudyError(f"years_experience must be >= 0; got {years_experience}.")
     study = _open_study(db, study_id)
-    code = secrets.token_urlsafe(12)
+    code = secrets.token_urlsafe(INVITE_BYTES)
     plan_seed = seed if seed is not None else secrets.randbits(31)
     with db.atomic() as tx:
         count = tx.execute("SELECT count(*) FROM raters WHERE study = ?", [study_id]).fetchone()[0]
@@ -168,16 +182,24 @@ def _insert_trial(
 
 
 def rater_by_token(db: StudyDB, code: str) -> dict:
-    """The rater an invite code belongs to (id, study, pseudonym, ...); marks them as seen."""
-    rater = db.query(
-        """SELECT id, study, pseudonym, display_name, specialty, years_experience
-           FROM raters WHERE token_hash = ?""",
-        [hash_code(str(code))],
-    )
+    """The rater an invite code belongs to (id, study, pseudonym, ...); marks them as seen.
+
+    The code is looked up by its sha256 digest, never compared as text, so how long the
+    lookup takes says nothing about how much of a guess was right.
+    """
+    rater = []
+    if isinstance(code, str) and len(code) <= MAX_CODE_CHARS:
+        rater = db.query(
+            """SELECT id, study, pseudonym, display_name, specialty, years_experience, revoked
+               FROM raters WHERE token_hash = ?""",
+            [hash_code(code)],
+        )
     if not rater:
         raise InvalidInviteError(
             "this invite code is not valid; check it for typos or ask the study team for a new one."
         )
+    if rater[0].pop("revoked"):
+        raise RaterRevokedError(REVOKED)
     with db.atomic() as tx:
         tx.execute("UPDATE raters SET last_seen = ? WHERE id = ?", [now_iso(), rater[0]["id"]])
     return rater[0]
@@ -200,7 +222,7 @@ def update_rater(
         changes["specialty"] = str(specialty).strip()
     if years_experience is not None:
         changes["years_experience"] = _check_years(years_experience)
-    rater = _rater(db, rater_id)
+    rater = active_rater(db, rater_id)
     if changes:
         with db.atomic() as tx:
             tx["raters"].update(rater_id, changes)
@@ -225,12 +247,46 @@ def _check_years(value) -> int:
     return int(years)
 
 
-def _rater(db: StudyDB, rater_id: int) -> dict:
-    return db.query_one(
-        "SELECT id, study, pseudonym, plan_seed FROM raters WHERE id = ?",
-        [rater_id],
+def revoke_rater(db: StudyDB, study_id: str, pseudonym: str) -> dict:
+    """Withdraw a rater's invite code: it no longer signs in, and open sessions stop voting.
+
+    Their votes so far stay in the study. Withdrawing twice changes nothing. Returns the
+    rater's ``pseudonym``, ``revoked`` (when) and ``votes`` (how many they gave).
+    """
+    get_study(db, study_id)
+    name = str(pseudonym).strip().upper()
+    with db.atomic() as tx:
+        rater = db.query_one(
+            "SELECT id, pseudonym, revoked FROM raters WHERE study = ? AND pseudonym = ?",
+            [study_id, name],
+            missing=f"study {study_id} has no rater {name!r}; raters are named R01, R02, ...",
+        )
+        if rater["revoked"] is None:
+            rater["revoked"] = now_iso()
+            tx["raters"].update(rater["id"], {"revoked": rater["revoked"]})
+            log_event(db, study_id, "rater_revoked", json.dumps({"rater": rater["pseudonym"]}))
+    votes = db.query_one(
+        "SELECT count(v.id) AS n FROM trials t JOIN votes v ON v.trial = t.id WHERE t.rater = ?",
+        [rater["id"]],
+        missing="no rater",
+    )["n"]
+    return {"pseudonym": rater["pseudonym"], "revoked": rater["revoked"], "votes": votes}
+
+
+def active_rater(db: StudyDB, rater_id: int) -> dict:
+    """A signed-in rater's id, study, pseudonym and plan seed; refuses a withdrawn code.
+
+    Raises :class:`~study.db.NotFoundError` for an unknown id and :class:`RaterRevokedError`
+    once the study team has withdrawn the rater's code.
+    """
+    rater = db.query_one(
+        "SELECT id, study, pseudonym, plan_seed, revoked FROM raters WHERE id = ?",
+        [_check_id(rater_id, "rater")],
         missing=f"no rater with id {rater_id}; sign in again with your invite code.",
     )
+    if rater.pop("revoked"):
+        raise RaterRevokedError(REVOKED)
+    return rater
 
 
 def next_trial(db: StudyDB, rater_id: int) -> Trial | None:
@@ -239,7 +295,7 @@ def next_trial(db: StudyDB, rater_id: int) -> Trial | None:
     A rater who comes back continues where they stopped. In an active study the next pair
     is chosen now, from all votes so far.
     """
-    rater = _rater(db, rater_id)
+    rater = active_rater(db, rater_id)
     study = get_study(db, rater["study"])
     if study["status"] != "open":
         return None
@@ -405,6 +461,8 @@ def record_vote(
     choice for an answered trial raises :class:`VoteConflictError`; votes are never changed.
     """
     choice = _check_vote(choice, response_ms, client_ts)
+    trial_id = _check_id(trial_id, "trial")
+    rater_id = _check_id(rater_id, "rater")
     with db.atomic() as tx:
         trial = _trial_of_rater(db, rater_id, trial_id)
         existing = db.query("SELECT choice, server_ts FROM votes WHERE trial = ?", [trial_id])
@@ -427,25 +485,48 @@ def record_vote(
 
 
 def _check_vote(choice, response_ms, client_ts) -> str:
-    if choice not in CHOICES:
+    if not isinstance(choice, str) or choice not in CHOICES:
         raise StudyError(f"choice must be one of {', '.join(CHOICES)}; got {choice!r}.")
     if response_ms is not None and (
-        isinstance(response_ms, bool) or not isinstance(response_ms, int) or response_ms < 0
+        isinstance(response_ms, bool)
+        or not isinstance(response_ms, int)
+        or not 0 <= response_ms <= MAX_RESPONSE_MS
     ):
-        raise StudyError(f"response_ms must be a non-negative integer; got {response_ms!r}.")
-    if client_ts is not None and (not isinstance(client_ts, str) or len(client_ts) > 64):
+        raise StudyError(
+            f"response_ms must be a whole number from 0 to {MAX_RESPONSE_MS}; got {response_ms!r}."
+        )
+    if client_ts is not None and (
+        not isinstance(client_ts, str) or len(client_ts) > 64 or not _is_utf8(client_ts)
+    ):
         raise StudyError("client_ts must be a timestamp string of at most 64 characters.")
     return choice
 
 
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: SQLite cannot store it
+        return False
+    return True
+
+
+def _check_id(value, what: str) -> int:
+    """A row id as SQLite stores it; anything else (text, floats, bools, huge ints) is refused."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_ID:
+        raise NotFoundError(f"no {what} with id {value!r}; reload the page to continue.")
+    return int(value)
+
+
 def _trial_of_rater(db: StudyDB, rater_id: int, trial_id: int) -> dict:
     trial = db.query_one(
-        """SELECT t.id, t.left_method, t.right_method, s.status, s.id AS study
+        """SELECT t.id, t.left_method, t.right_method, s.status, s.id AS study, r.revoked
            FROM trials t JOIN raters r ON r.id = t.rater JOIN studies s ON s.id = r.study
            WHERE t.id = ? AND t.rater = ?""",
         [trial_id, rater_id],
         missing=f"trial {trial_id} is not one of this rater's trials; reload to get your next one.",
     )
+    if trial["revoked"]:
+        raise RaterRevokedError(REVOKED)
     if trial["status"] != "open":
         raise StudyNotOpenError(f"study {trial['study']} is {trial['status']}; it takes no votes.")
     return trial
@@ -455,7 +536,7 @@ def progress(db: StudyDB, study_id: str) -> dict:
     """Votes so far and, per rater, trials done and planned (pseudonyms only)."""
     study = get_study(db, study_id)
     raters = db.query(
-        """SELECT r.id, r.pseudonym, r.specialty, r.last_seen FROM raters r
+        """SELECT r.id, r.pseudonym, r.specialty, r.last_seen, r.revoked FROM raters r
            WHERE r.study = ? ORDER BY r.id""",
         [study_id],
     )
