@@ -44,6 +44,7 @@ def _reset_peak() -> None:
 RANDOM_INIT = {
     "dpe": {"arch": "dpenet", "width": 64},
     "dpe-s": {"arch": "dpenet", "width": 32},
+    "dpe-g": {"arch": "dpeg", "width": 64},
     "retinexnet": {"arch": "retinexnet"},
     "dran": {"arch": "dran"},
 }

@@ -344,7 +344,7 @@ def discard_upload(path: str | os.PathLike | None, upload_root: str | os.PathLik
     file.unlink(missing_ok=True)
     if file.parent != root:
         try:
-            file.parent.rmdir()  # each upload arrives in a folder of its own
+            file.parent.rmdir()  # Gradio keeps each upload in a folder named by its hash
         except OSError:
             pass  # not empty
     return True
