@@ -1,3 +1,4 @@
+import contextlib
 import os
 
 import pytest
@@ -26,3 +27,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def served_app(**launch):
+    """Launch ``app.demo`` on a free loopback port; yields its base URL (ending in "/")."""
+    import app
+
+    port = free_port()
+    app.demo.launch(
+        **app.LAUNCH_OPTIONS,
+        server_name="127.0.0.1",
+        server_port=port,
+        prevent_thread_lock=True,
+        quiet=True,
+        **launch,
+    )
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        app.demo.close()

@@ -37,7 +37,7 @@ from study import __main__ as study_cli
 from study import session as rs
 from study.export import FORMULA_PREFIXES
 from study.throttle import Throttle, TooManyAttemptsError
-from tests.conftest import free_port
+from tests.conftest import served_app
 from tests.test_study_support import fake_enhance, make_study, write_images
 
 METHODS = ["a", "b", "c"]
@@ -639,19 +639,8 @@ def server(tmp_path_factory):
         db = app._db()
         images = write_images(data / "images", 2)
         study_id = study.create_study(db, "Served study", images, METHODS, fake_enhance)
-        port = free_port()
-        app.demo.launch(
-            **app.LAUNCH_OPTIONS,
-            server_name="127.0.0.1",
-            server_port=port,
-            prevent_thread_lock=True,
-            quiet=True,
-            allowed_paths=[str(db.media_root)],
-        )
-        try:
-            yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", db=db, study_id=study_id)
-        finally:
-            app.demo.close()
+        with served_app(allowed_paths=[str(db.media_root)]) as url:
+            yield SimpleNamespace(url=url, db=db, study_id=study_id)
 
 
 @pytest.fixture

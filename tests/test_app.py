@@ -24,7 +24,7 @@ import app
 import dpe
 import study
 from dpe.methods import list_methods, method_info
-from tests.conftest import free_port
+from tests.conftest import served_app
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -419,18 +419,8 @@ def server(tmp_path_factory):
     data = tmp_path_factory.mktemp("served")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DPE_DATA_DIR", str(data))
-        port = free_port()
-        app.demo.launch(
-            **app.LAUNCH_OPTIONS,
-            server_name="127.0.0.1",
-            server_port=port,
-            prevent_thread_lock=True,
-            quiet=True,
-        )
-        try:
-            yield f"http://127.0.0.1:{port}/"
-        finally:
-            app.demo.close()
+        with served_app() as url:
+            yield url
 
 
 def test_gradio_client_enhances_through_the_public_endpoint(server, tmp_path):

@@ -36,7 +36,7 @@ import app
 from dpe import demo as dd
 from dpe.__main__ import main as cli
 from dpe.io import MAX_MEGAPIXELS_ENV, ImageError, LoadedImage, load_image, save_image
-from tests.conftest import free_port
+from tests.conftest import served_app
 from tests.data import make_bad
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -283,18 +283,8 @@ def test_enhance_on_every_loadable_file_writes_safely_named_downloads(corpus):
 def server(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DPE_DATA_DIR", str(tmp_path_factory.mktemp("served")))
-        port = free_port()
-        app.demo.launch(
-            **app.LAUNCH_OPTIONS,
-            server_name="127.0.0.1",
-            server_port=port,
-            prevent_thread_lock=True,
-            quiet=True,
-        )
-        try:
-            yield f"http://127.0.0.1:{port}/gradio_api/"
-        finally:
-            app.demo.close()
+        with served_app() as url:
+            yield url + "gradio_api/"
 
 
 def _call_enhance(api: str, server_path: str) -> tuple[str, object]:

@@ -25,7 +25,7 @@ import app
 import dpe
 import study
 from dpe.methods import list_methods, method_info
-from tests.conftest import free_port
+from tests.conftest import served_app
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -76,24 +76,14 @@ def server(tmp_path_factory):
         )
         code = study.invite_rater(db, study_id, "Dr A", specialty="radiology").code
         second = study.invite_rater(db, study_id, "Dr B")
-        port = free_port()
-        app.demo.launch(
-            **app.LAUNCH_OPTIONS,
-            server_name="127.0.0.1",
-            server_port=port,
-            prevent_thread_lock=True,
-            quiet=True,
-        )
-        try:
+        with served_app() as url:
             yield {
-                "url": f"http://127.0.0.1:{port}",
+                "url": url.rstrip("/"),
                 "study": study_id,
                 "code": code,
                 "second": second,
                 "mp": mp,
             }
-        finally:
-            app.demo.close()
 
 
 @pytest.fixture(scope="module")
