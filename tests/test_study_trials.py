@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
 import time
 from collections import Counter
@@ -23,7 +24,9 @@ def test_stimuli_are_stored_under_opaque_names_with_content_hashes(tmp_path):
     for row in rows:
         data = (media / row["opaque_name"]).read_bytes()
         assert hashlib.sha256(data).hexdigest() == row["sha256"]
-        assert not any(m in row["opaque_name"].lower() for m in METHODS)
+        # a random 128-bit token and nothing else (a substring test would fail by chance: 22
+        # random characters sometimes spell "dpe")
+        assert re.fullmatch(r"[A-Za-z0-9_-]{22}\.png", row["opaque_name"])
         assert b"dpe" not in data and b"lime" not in data  # no telling PNG text chunks
     assert len({r["sha256"] for r in rows}) == len(rows)  # every method made its own image
     assert len({r["opaque_name"] for r in rows}) == len(rows)
