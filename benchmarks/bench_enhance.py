@@ -1,7 +1,7 @@
 """Per-method latency and peak memory at 256², 512², 1024², and DPENet's achieved GFLOP/s
 against a plain 3x3 convolution measured in the same run. Prints markdown tables.
 
-    python benchmarks/bench_enhance.py [--methods "dpe lime:denoise=0 ..."] [--sizes 256,512,1024] [--repeats 3]
+    python benchmarks/bench_enhance.py [--methods "dpe lime:denoise=0"] [--sizes 256,512]
 
 Each (method, size) runs in a fresh subprocess so peak memory is its own: the figure is the
 peak resident set size during the enhance calls (Linux VmHWM after resetting it), which
