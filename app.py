@@ -15,7 +15,6 @@ and events of each page. Logic lives in ``dpe`` (pixels) and ``study`` (studies)
 from __future__ import annotations
 
 import atexit
-import collections
 import functools
 import hmac
 import logging
@@ -23,7 +22,6 @@ import os
 import shutil
 import tempfile
 import threading
-import time
 from html import escape
 from pathlib import Path
 
@@ -125,43 +123,11 @@ def method_choices() -> gr.CheckboxGroup:
     return gr.CheckboxGroup(choices=choices, value=dd.default_methods([k for _, k in choices]))
 
 
-# Gradio stores byte-identical uploads at one path (named by their content hash), and an upload
-# is deleted once read: a second visitor sending the same file in the same moment would find it
-# gone. So the last few decoded uploads (at demo size) are kept in memory for a short while.
-_RECENT_UPLOADS: collections.OrderedDict[str, tuple[float, dd.Prepared]] = collections.OrderedDict()
-_RECENT_LOCK = threading.Lock()
-RECENT_UPLOADS_KEPT, RECENT_UPLOAD_SECONDS = 4, 120.0
-
-
-def _recent_upload(key: str) -> dd.Prepared | None:
-    now = time.monotonic()
-    with _RECENT_LOCK:
-        for old in [k for k, (t, _) in _RECENT_UPLOADS.items() if now - t > RECENT_UPLOAD_SECONDS]:
-            del _RECENT_UPLOADS[old]
-        entry = _RECENT_UPLOADS.get(key)
-    return entry[1] if entry else None
-
-
-def _remember_upload(key: str, prepared: dd.Prepared) -> None:
-    with _RECENT_LOCK:
-        _RECENT_UPLOADS[key] = (time.monotonic(), prepared)
-        _RECENT_UPLOADS.move_to_end(key)
-        while len(_RECENT_UPLOADS) > RECENT_UPLOADS_KEPT:
-            _RECENT_UPLOADS.popitem(last=False)
-
-
 def _prepare(path: str, what: str) -> dd.Prepared:
-    key = os.path.realpath(path)
     try:
-        if not os.path.exists(path) and (recent := _recent_upload(key)) is not None:
-            return recent  # the same bytes, read a moment ago for another visitor
-        prepared = dd.prepare(path)
-        _remember_upload(key, prepared)
-        return prepared
+        return dd.read_upload(path, gr.utils.get_upload_folder())
     except ValueError as exc:
         raise gr.Error(f"Could not read {what}: {exc}") from None
-    finally:
-        _discard_upload(path)
 
 
 def load_upload(path: str | None):

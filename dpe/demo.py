@@ -9,11 +9,13 @@ built with.
 
 from __future__ import annotations
 
+import collections
 import os
 import re
 import secrets
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -327,6 +329,40 @@ def fresh_output_dir(root: str | os.PathLike, max_age_s: float) -> Path:
     prune_old(root, max_age_s)
     root.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(dir=root))
+
+
+# Gradio stores byte-identical uploads at one path (named by their content hash), and an upload
+# is deleted once read: a second visitor sending the same file in the same moment would find it
+# gone. So the last few decoded uploads (at demo size) are kept in memory for a short while.
+RECENT_UPLOADS_KEPT, RECENT_UPLOAD_SECONDS = 4, 120.0
+_recent_uploads: collections.OrderedDict[str, tuple[float, Prepared]] = collections.OrderedDict()
+_recent_lock = threading.Lock()
+
+
+def read_upload(path: str | os.PathLike, upload_root: str | os.PathLike) -> Prepared:
+    """:func:`prepare` an uploaded file, then delete it (see :func:`discard_upload`).
+
+    A file already read and deleted in the last ``RECENT_UPLOAD_SECONDS`` (the same bytes sent
+    by another visitor) is served from memory. Raises `dpe.ImageError` as :func:`prepare` does.
+    """
+    key, now = os.path.realpath(path), time.monotonic()
+    try:
+        with _recent_lock:
+            stale = [k for k, (t, _) in _recent_uploads.items() if now - t > RECENT_UPLOAD_SECONDS]
+            for old in stale:
+                del _recent_uploads[old]
+            recent = _recent_uploads.get(key)
+        if recent is not None and not os.path.exists(path):
+            return recent[1]
+        prepared = prepare(path)
+        with _recent_lock:
+            _recent_uploads[key] = (now, prepared)
+            _recent_uploads.move_to_end(key)
+            while len(_recent_uploads) > RECENT_UPLOADS_KEPT:
+                _recent_uploads.popitem(last=False)
+        return prepared
+    finally:
+        discard_upload(path, upload_root)
 
 
 def discard_upload(path: str | os.PathLike | None, upload_root: str | os.PathLike) -> bool:
