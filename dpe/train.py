@@ -50,6 +50,8 @@ from dpe.losses import GeneratorLoss, Objective, RetinexLoss, discriminator_loss
 from dpe.nets import build_net
 from dpe.nets.discriminator import Discriminator, DiscriminatorConfig
 
+BALANCE = ("group", "source")
+
 # Adam (lr, beta1, beta2) per architecture, from each paper; --lr, --beta1, --beta2 override
 ADAM = {
     "dpenet": (5e-4, 0.9, 0.99),  # DPE paper
@@ -76,6 +78,8 @@ HELP = {
     "preset": f"degradation preset: {', '.join(PRESETS)}",
     "crop": "training patch side in pixels (a multiple of 16)",
     "whole_frac": "fraction of patches that are whole tiles downscaled to --crop",
+    "balance": "draw patches with equal odds per modality ('group'), or per modality and then "
+    "per source image within it ('source', needs the data's manifest.csv)",
     "batch_size": "patches per step",
     **{
         name: f"Adam {name}; unset: the arch's ("
@@ -120,6 +124,7 @@ class TrainConfig:
     preset: str = "paper"
     crop: int = 64  # the paper trains on 128; 64 is about 4x cheaper on a CPU
     whole_frac: float = 0.5  # crops alone cannot show the global brightness/contrast loss
+    balance: str = "group"  # "group" | "source"
     batch_size: int = 8
     # optimiser: Adam, as each paper; None takes the arch's value from ADAM
     lr: float | None = None
@@ -160,6 +165,8 @@ class TrainConfig:
             raise ValueError(f"crop must be a multiple of 16 (DPENet's stride); got {self.crop}.")
         if not 0.0 <= self.whole_frac <= 1.0:
             raise ValueError(f"whole_frac must be in [0, 1]; got {self.whole_frac}.")
+        if self.balance not in BALANCE:
+            raise ValueError(f"balance must be one of {BALANCE}; got {self.balance!r}.")
         if self.batch_size < 1 or self.eval_every < 1:
             raise ValueError("batch_size and eval_every must be at least 1.")
         self.objective()  # raises if every term is off
@@ -224,17 +231,44 @@ def make_losses(config: TrainConfig) -> dict[str | None, nn.Module]:
 # data
 
 
-def load_tiles(folder: str | Path) -> dict[str, list[np.ndarray]]:
-    """Every image below ``folder`` as uint8 (H, W, 3), keyed by group (subfolder)."""
+Tiles = dict[str, dict[str, list[np.ndarray]]]  # group -> source -> uint8 (H, W, 3) tiles
+
+
+def load_tiles(folder: str | Path, *, by_source: bool = False) -> Tiles:
+    """Every image below ``folder`` as uint8 (H, W, 3), keyed by group (subfolder), then source.
+
+    Without ``by_source`` each group holds one source, ``"all"``. With it, the source of each
+    file is read from the ``manifest.csv`` that ``python -m dpe.data build`` writes next to
+    ``folder``: the tiles of one photo or volume form one source.
+    """
     from dpe.io import load_image
 
-    tiles: dict[str, list[np.ndarray]] = {}
+    sources = _manifest_sources(Path(folder)) if by_source else {}
+    tiles: Tiles = {}
     for item in find_images([folder]):
         image = load_image(item.path).image
-        tiles.setdefault(item.group, []).append((image * 255 + 0.5).astype(np.uint8))
+        source = sources.get(item.path.resolve(), "all")
+        tiles.setdefault(item.group, {}).setdefault(source, []).append(
+            (image * 255 + 0.5).astype(np.uint8)
+        )
     if not tiles:
         raise ValueError(f"no training images below {folder}; build them with python -m dpe.data.")
     return tiles
+
+
+def _manifest_sources(folder: Path) -> dict[Path, str]:
+    """Image path -> source key, from ``folder``'s parent's manifest.csv."""
+    import csv
+
+    manifest = folder.resolve().parent / "manifest.csv"
+    if not manifest.is_file():
+        raise ValueError(
+            f"--balance source needs {manifest} (written by python -m dpe.data build) to know "
+            "which source each tile came from; use --balance group without it."
+        )
+    with manifest.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return {(manifest.parent / row["path"]).resolve(): row["source"] for row in rows}
 
 
 def _resize(image: np.ndarray, size: int) -> np.ndarray:
@@ -265,14 +299,18 @@ def sample_patch(tile: np.ndarray, crop: int, whole: bool, rng: np.random.Genera
 
 
 def sample_batch(
-    tiles: dict[str, list[np.ndarray]], config: TrainConfig, rng: np.random.Generator
+    tiles: Tiles, config: TrainConfig, rng: np.random.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(low, clean) float tensors (B, 3, crop, crop); groups are drawn equally often."""
+    """(low, clean) float tensors (B, 3, crop, crop); groups, then sources, drawn equally often."""
     groups = sorted(tiles)
     lows, cleans = [], []
     for _ in range(config.batch_size):
-        # Equal odds per group: one modality with many small tiles must not crowd out the others.
-        group = tiles[groups[rng.integers(len(groups))]]
+        # Equal odds per group: one modality with many small tiles must not crowd out the others;
+        # the same within a group when tiles are keyed by source (2,926 PH2 patches against the
+        # 12 tiles of one skin photo). One source: no draw, so group-balanced runs replay exactly.
+        sources = tiles[groups[rng.integers(len(groups))]]
+        names = sorted(sources)
+        group = sources[names[rng.integers(len(names))]] if len(names) > 1 else sources[names[0]]
         tile = group[rng.integers(len(group))]
         clean = sample_patch(tile, config.crop, rng.random() < config.whole_frac, rng)
         cleans.append(clean)
@@ -411,9 +449,13 @@ def _hardware() -> str:
     return f"{cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
 
 
-def _data_summary(folder: Path, tiles: dict[str, list[np.ndarray]]) -> dict:
-    counts = {g: len(v) for g, v in sorted(tiles.items())}
+def _data_summary(folder: Path, tiles: Tiles) -> dict:
+    counts = {g: sum(map(len, v.values())) for g, v in sorted(tiles.items())}
     summary = {"train_tiles": counts, "folder": str(folder)}
+    if any(len(v) > 1 or "all" not in v for v in tiles.values()):
+        summary["sources"] = {
+            g: {s: len(t) for s, t in sorted(v.items())} for g, v in sorted(tiles.items())
+        }
     manifest = folder / "manifest.csv"
     if manifest.is_file():
         summary["manifest_sha256"] = hashlib.sha256(manifest.read_bytes()).hexdigest()[:16]
@@ -495,6 +537,7 @@ def train(config: TrainConfig, *, command: str = "") -> dict:
             model = build_net(net_config)
             model.load_state_dict(state)
             step, wall_time = int(info.get("steps", 0)), float(info.get("wall_time_s", 0.0))
+            init_info = info.get("init_from")  # the same lineage: keep where it started
             init_note = f"{config.init_from} (step {step})"
         config.width = model.config.width
     else:
@@ -528,7 +571,7 @@ def train(config: TrainConfig, *, command: str = "") -> dict:
     first_val_step = config.decom_steps
 
     data = Path(config.data)
-    tiles = load_tiles(data / "train")
+    tiles = load_tiles(data / "train", by_source=config.balance == "source")
     val = load_validation(data / "val", config)
     data_info = _data_summary(data, tiles)
     weights_file = Path(config.out_dir) / f"{config.name}.safetensors"
@@ -539,7 +582,9 @@ def train(config: TrainConfig, *, command: str = "") -> dict:
         f"  Adam: lr {lr:g}, betas {tuple(betas)}\n"
         f"  data: {data_info['train_tiles']} train tiles, {len(val.low)} val images "
         f"(degraded input {val.input_psnr:.2f} dB); crop {config.crop}, whole {config.whole_frac}, "
-        f"batch {config.batch_size}; {torch.get_num_threads()} threads",
+        f"balanced per {config.balance}"
+        + (f" {data_info['sources']}" if "sources" in data_info else "")
+        + f", batch {config.batch_size}; {torch.get_num_threads()} threads",
         file=sys.stderr,
         flush=True,
     )
@@ -588,7 +633,9 @@ def train(config: TrainConfig, *, command: str = "") -> dict:
                 preset=config.preset,
                 crop=config.crop,
                 whole_frac=config.whole_frac,
+                balance=config.balance,
                 batch_size=config.batch_size,
+                lr=lr,
                 hardware=_hardware(),
                 **({"init_from": init_info} if init_info else {}),
                 command=command,

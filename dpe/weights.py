@@ -19,13 +19,19 @@ class WeightsNotFoundError(FileNotFoundError):
     """No weights file for a model, locally or on the Hub; the message says how to get one."""
 
 
+def weights_dir() -> Path:
+    """``DPE_WEIGHTS_DIR`` if set (e.g. a training run's ``--out-dir``), else ``weights/``."""
+    folder = os.environ.get("DPE_WEIGHTS_DIR", "").strip()
+    return Path(folder) if folder else WEIGHTS_DIR
+
+
 def weights_path(name: str) -> Path:
-    """The repository's own weights file for ``name`` (it may not exist)."""
-    return WEIGHTS_DIR / f"{name}.safetensors"
+    """The local weights file for ``name`` (it may not exist)."""
+    return weights_dir() / f"{name}.safetensors"
 
 
 def has_weights(name: str) -> bool:
-    """True if ``name`` has a weights file in the repository's ``weights/`` folder."""
+    """True if ``name`` has a local weights file (see :func:`weights_dir`)."""
     return weights_path(name).is_file()
 
 

@@ -97,20 +97,25 @@ def test_training_steps_on_whole_images_lower_the_loss():
     assert model.glob.mlp[-1].weight.abs().sum() > 0  # the global path learned something
 
 
-def test_init_from_dpenet_weights_starts_the_local_path(tmp_path):
+def _noise_data(root):
+    """Two random 40x48 tiles in each of train/g and val/g."""
     from PIL import Image
 
-    torch.manual_seed(0)
-    dpenet = DPENet(width=8)
-    save_weights(dpenet.state_dict(), tmp_path / "base.safetensors", dpenet.config_dict(), steps=7)
     rng = np.random.default_rng(0)
     for split in ("train", "val"):
-        folder = tmp_path / "data" / split / "g"
+        folder = root / split / "g"
         folder.mkdir(parents=True)
         for i in range(2):
             Image.fromarray((rng.random((40, 48, 3)) * 255).astype(np.uint8)).save(
                 folder / f"{i}.png"
             )
+
+
+def test_init_from_dpenet_weights_starts_the_local_path(tmp_path):
+    torch.manual_seed(0)
+    dpenet = DPENet(width=8)
+    save_weights(dpenet.state_dict(), tmp_path / "base.safetensors", dpenet.config_dict(), steps=7)
+    _noise_data(tmp_path / "data")
     args = [
         "--data", str(tmp_path / "data"), "--checkpoint-dir", str(tmp_path / "ckpt"),
         "--out-dir", str(tmp_path / "w"), "--name", "g", "--arch", "dpeg", "--crop", "16",
@@ -128,3 +133,23 @@ def test_init_from_dpenet_weights_starts_the_local_path(tmp_path):
     if (tmp_path / "w" / "g.safetensors").exists():  # exported only if validation improved
         _, config, info = load_weights(tmp_path / "w" / "g.safetensors")
         assert config["arch"] == "dpeg" and info["init_from"]["steps"] == 7
+
+
+def test_init_from_dpeg_weights_continues_their_steps_and_keeps_their_origin(tmp_path):
+    torch.manual_seed(0)
+    model = DPEG(width=8)
+    origin = {"file": "dpe.safetensors", "steps": 40, "wall_time_s": 12.0}
+    file = tmp_path / "g0.safetensors"
+    save_weights(model.state_dict(), file, model.config_dict(), steps=5, init_from=origin)
+    _noise_data(tmp_path / "data")
+    args = [
+        "--data", str(tmp_path / "data"), "--checkpoint-dir", str(tmp_path / "ckpt"),
+        "--out-dir", str(tmp_path / "w"), "--name", "g", "--arch", "dpeg", "--crop", "16",
+        "--batch-size", "2", "--eval-every", "1", "--val-images", "2", "--val-size", "32",
+        "--threads", "1", "--no-feature", "--no-adversarial", "--steps", "7", "--lr", "1e-4",
+        "--init-from", str(file),
+    ]  # fmt: skip
+    assert main(args) == 0
+    ckpt = torch.load(tmp_path / "ckpt" / "g.pt", weights_only=True)
+    assert ckpt["step"] == 7 and ckpt["init_info"] == origin
+    assert [s for s, _ in ckpt["history"]] == [5, 6, 7]

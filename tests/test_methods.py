@@ -80,6 +80,18 @@ def test_weights_round_trip_fp16(monkeypatch, tmp_path):
     assert np.abs(method.enhance(img) - ref).max() < 5e-3
 
 
+def test_weights_dir_variable_points_at_candidate_weights(monkeypatch, tmp_path):
+    torch.manual_seed(0)
+    net = DPENet(width=8)
+    save_weights(net.state_dict(), tmp_path / "dpe-s.safetensors", net.config_dict())
+    monkeypatch.setattr("dpe.weights.WEIGHTS_DIR", tmp_path / "empty")
+    monkeypatch.delenv("DPE_WEIGHTS_REPO", raising=False)
+    with pytest.raises(WeightsNotFoundError, match="empty"):
+        create_method("dpe-s")
+    monkeypatch.setenv("DPE_WEIGHTS_DIR", str(tmp_path))
+    assert create_method("dpe-s").net.config.width == 8
+
+
 def test_tiled_equals_untiled_on_1200x900():
     torch.manual_seed(0)
     method = TorchMethod("t", "t", DPENet(width=16))

@@ -310,3 +310,42 @@ def test_checkpoint_without_arch_resumes_as_dpenet(tiny_data):
     resumed = torch.load(path, weights_only=True)
     assert resumed["step"] == 2 and resumed["model_config"] == {"arch": "dpenet", "width": 8}
     assert resumed["config"]["arch"] == "dpenet"
+
+
+def _two_source_data(root, *, manifest: bool):
+    """train/skin: six dark tiles of one source and one bright tile of another."""
+    folder = root / "data" / "train" / "skin"
+    folder.mkdir(parents=True)
+    rows = ["path,split,modality,source"]
+    for i in range(7):
+        source, value = ("patches", 0) if i < 6 else ("photo", 255)
+        Image.fromarray(np.full((32, 32, 3), value, np.uint8)).save(folder / f"{source}_{i}.png")
+        rows.append(f"train/skin/{source}_{i}.png,train,skin,{source}")
+    if manifest:
+        (root / "data" / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return root / "data" / "train"
+
+
+def test_balance_by_source_gives_a_one_tile_source_equal_odds(tmp_path):
+    from dpe.train import load_tiles, sample_batch
+
+    folder = _two_source_data(tmp_path, manifest=True)
+    config = TrainConfig(crop=16, batch_size=400, preset="paper")
+    bright = {}
+    for by_source in (False, True):
+        tiles = load_tiles(folder, by_source=by_source)
+        _, clean = sample_batch(tiles, config, np.random.default_rng(0))
+        bright[by_source] = float((clean.mean((1, 2, 3)) > 0.5).float().mean())
+    assert sorted(load_tiles(folder, by_source=True)["skin"]) == ["patches", "photo"]
+    assert abs(bright[False] - 1 / 7) < 0.06  # per tile: the photo is one draw in seven
+    assert abs(bright[True] - 1 / 2) < 0.08  # per source: half the draws
+
+
+def test_balance_by_source_without_a_manifest_says_what_is_missing(tmp_path):
+    from dpe.train import load_tiles
+
+    folder = _two_source_data(tmp_path, manifest=False)
+    with pytest.raises(ValueError, match=r"manifest\.csv.*--balance group"):
+        load_tiles(folder, by_source=True)
+    with pytest.raises(ValueError, match="balance must be one of"):
+        TrainConfig(balance="tile")
