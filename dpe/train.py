@@ -28,6 +28,7 @@ checkpoint from before ``--arch`` existed is a DPENet one).
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import math
 import os
@@ -78,6 +79,8 @@ HELP = {
     "preset": f"degradation preset: {', '.join(PRESETS)}",
     "crop": "training patch side in pixels (a multiple of 16)",
     "whole_frac": "fraction of patches that are whole tiles downscaled to --crop",
+    "ema": "validate and export an exponential moving average of the weights with this decay "
+    "(e.g. 0.999); 0 = off, the raw weights, as the papers",
     "balance": "draw patches with equal odds per modality ('group'), or per modality and then "
     "per source image within it ('source', needs the data's manifest.csv)",
     "batch_size": "patches per step",
@@ -125,6 +128,7 @@ class TrainConfig:
     crop: int = 64  # the paper trains on 128; 64 is about 4x cheaper on a CPU
     whole_frac: float = 0.5  # crops alone cannot show the global brightness/contrast loss
     balance: str = "group"  # "group" | "source"
+    ema: float = 0.0  # weight averaging for validation and export; 0 = off
     batch_size: int = 8
     # optimiser: Adam, as each paper; None takes the arch's value from ADAM
     lr: float | None = None
@@ -165,6 +169,8 @@ class TrainConfig:
             raise ValueError(f"crop must be a multiple of 16 (DPENet's stride); got {self.crop}.")
         if not 0.0 <= self.whole_frac <= 1.0:
             raise ValueError(f"whole_frac must be in [0, 1]; got {self.whole_frac}.")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"ema must be in [0, 1); got {self.ema}.")
         if self.balance not in BALANCE:
             raise ValueError(f"balance must be one of {BALANCE}; got {self.balance!r}.")
         if self.batch_size < 1 or self.eval_every < 1:
@@ -420,6 +426,21 @@ def train_step(
     return {"loss": float(g_loss.detach()), **terms, **stats}
 
 
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """``ema <- decay * ema + (1 - decay) * model``, parameters and float buffers alike.
+
+    The average of the last ~1 / (1 - decay) steps' weights: GAN and small-batch noise in the
+    weights averages out, so validation (and the exported file) stop swinging from step to step.
+    """
+    pairs = zip(ema.state_dict().values(), model.state_dict().values(), strict=True)
+    for e, m in pairs:
+        if e.is_floating_point():
+            e.lerp_(m, 1.0 - decay)
+        else:
+            e.copy_(m)
+
+
 # ---------------------------------------------------------------------------------------------
 # checkpoints and exported weights
 
@@ -543,6 +564,11 @@ def train(config: TrainConfig, *, command: str = "") -> dict:
     else:
         model = build_net({"arch": config.arch, "width": config.width})
     model.train()
+    ema = None  # the averaged copy that is validated and exported, with --ema
+    if config.ema:
+        ema = copy.deepcopy(model).requires_grad_(False)
+        if checkpoint is not None and checkpoint.get("ema") is not None:
+            ema.load_state_dict(checkpoint["ema"])
     lr, *betas = config.adam()
     opt_g = torch.optim.Adam(model.parameters(), lr=lr, betas=tuple(betas))
     disc = opt_d = None
@@ -579,7 +605,13 @@ def train(config: TrainConfig, *, command: str = "") -> dict:
         f"{config.name}: {type(model).__name__} width {model.config.width}, "
         f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params; from {init_note}\n"
         f"  objective: {config.describe_loss()}\n"
-        f"  Adam: lr {lr:g}, betas {tuple(betas)}\n"
+        f"  Adam: lr {lr:g}, betas {tuple(betas)}"
+        + (
+            f"; validated and exported: EMA of the weights, decay {config.ema:g}"
+            if config.ema
+            else ""
+        )
+        + "\n"
         f"  data: {data_info['train_tiles']} train tiles, {len(val.low)} val images "
         f"(degraded input {val.input_psnr:.2f} dB); crop {config.crop}, whole {config.whole_frac}, "
         f"balanced per {config.balance}"
@@ -593,6 +625,7 @@ def train(config: TrainConfig, *, command: str = "") -> dict:
         state = {
             "model": model.state_dict(),
             "model_config": model.config_dict(),
+            "ema": ema.state_dict() if ema is not None else None,
             "disc": disc.state_dict() if disc is not None else None,
             "disc_config": asdict(disc.config) if disc is not None else None,
             "opt_g": opt_g.state_dict(),
@@ -614,14 +647,14 @@ def train(config: TrainConfig, *, command: str = "") -> dict:
 
     def run_validation() -> None:
         nonlocal best, best_step
-        score = validate(model, val)
+        score = validate(ema if ema is not None else model, val)
         history.append([step, score])
         improved = score > best
         if improved:  # a scratch run's step-0 score becomes the bar to beat, nothing is exported
             best, best_step = score, step
         if improved and step > first_val_step:
             export_weights(
-                model,
+                ema if ema is not None else model,
                 weights_file,
                 steps=step,
                 wall_time_s=round(wall_time + time.monotonic() - start, 1),
@@ -634,6 +667,7 @@ def train(config: TrainConfig, *, command: str = "") -> dict:
                 crop=config.crop,
                 whole_frac=config.whole_frac,
                 balance=config.balance,
+                **({"ema": config.ema} if ema is not None else {}),
                 batch_size=config.batch_size,
                 lr=lr,
                 hardware=_hardware(),
@@ -678,6 +712,8 @@ def train(config: TrainConfig, *, command: str = "") -> dict:
                 lr=get_lr(step, config),
                 labels=labels,
             )
+            if ema is not None:
+                update_ema(ema, model, config.ema)
             step += 1
             bar.update(1)
             bar.set_postfix({k: f"{v:.4f}" for k, v in stats.items()}, refresh=False)

@@ -349,3 +349,44 @@ def test_balance_by_source_without_a_manifest_says_what_is_missing(tmp_path):
         load_tiles(folder, by_source=True)
     with pytest.raises(ValueError, match="balance must be one of"):
         TrainConfig(balance="tile")
+
+
+def test_update_ema_averages_weights_and_zero_decay_copies():
+    from dpe.train import update_ema
+
+    torch.manual_seed(0)
+    model, ema = DPENet(width=8), DPENet(width=8)
+    before = {k: v.clone() for k, v in ema.state_dict().items()}
+    update_ema(ema, model, 0.75)
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(ema.state_dict()[key], 0.75 * before[key] + 0.25 * value)
+    update_ema(ema, model, 0.0)
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(ema.state_dict()[key], value)
+
+
+def test_ema_run_validates_and_exports_the_average_and_resumes_exactly(tiny_data):
+    straight, split = tiny_data / "straight", tiny_data / "split"
+    for root in (straight, split):
+        root.mkdir()
+        (root / "data").symlink_to(tiny_data / "data")
+    main(_args(straight, "--steps", "4", "--ema", "0.5"))
+    main(_args(split, "--steps", "2", "--ema", "0.5"))
+    main(_args(split, "--steps", "4", "--ema", "0.5", "--resume"))
+    reference = torch.load(straight / "ckpt" / "tiny.pt", weights_only=True)
+    resumed = torch.load(split / "ckpt" / "tiny.pt", weights_only=True)
+    assert resumed["step"] == reference["step"] == 4
+    for key, value in reference["ema"].items():
+        torch.testing.assert_close(resumed["ema"][key], value, rtol=0, atol=1e-6)
+    # the average is not the raw weights, and the history scores the average
+    assert any(not torch.equal(reference["ema"][k], v) for k, v in reference["model"].items())
+    from dpe.train import ValidationSet, load_validation, validate
+
+    net = build_net(reference["model_config"])
+    net.load_state_dict(reference["ema"])
+    val: ValidationSet = load_validation(
+        straight / "data" / "val", TrainConfig(val_images=2, val_size=32)
+    )
+    assert validate(net, val) == pytest.approx(reference["history"][-1][1], abs=1e-4)
+    with pytest.raises(ValueError, match="ema must be in"):
+        TrainConfig(ema=1.0)
