@@ -117,6 +117,18 @@ def write_csv(path: str | os.PathLike, rows: Iterable[Mapping], columns: Sequenc
     return path
 
 
+# What one export holds: the tables, the analysis and a scrubbed copy of the study's rows
+EXPORT_FILES = (
+    "votes.csv",
+    "tallies.csv",
+    "pairwise.csv",
+    "ratings.csv",
+    "raters.csv",
+    "report.json",
+    "study.db",
+)
+
+
 def export_study(
     db: StudyDB,
     study_id: str,

@@ -35,7 +35,7 @@ import study
 import study.trials
 from study import __main__ as study_cli
 from study import session as rs
-from study.export import FORMULA_PREFIXES
+from study.export import EXPORT_FILES, FORMULA_PREFIXES
 from study.throttle import Throttle, TooManyAttemptsError
 from tests.conftest import served_app
 from tests.test_study_support import fake_enhance, make_study, write_images
@@ -428,15 +428,7 @@ def test_exports_hold_no_codes_hashes_names_admin_token_or_other_studies(
     raw = archive.read_bytes()
     with zipfile.ZipFile(archive) as zf:
         members = {Path(name).name: zf.read(name) for name in zf.namelist()}
-    assert set(members) == {
-        "votes.csv",
-        "tallies.csv",
-        "pairwise.csv",
-        "ratings.csv",
-        "raters.csv",
-        "report.json",
-        "study.db",
-    }
+    assert set(members) == set(EXPORT_FILES)
     for name, data in [*members.items(), (archive.name, raw)]:
         for secret in forbidden:
             assert secret.encode() not in data, (name, secret)

@@ -10,7 +10,7 @@ import sqlite3
 import pytest
 
 import study
-from study.export import VOTE_COLUMNS, escape_cell, write_csv
+from study.export import EXPORT_FILES, VOTE_COLUMNS, escape_cell, write_csv
 from tests.test_study_support import METHODS, make_study
 
 
@@ -60,15 +60,7 @@ def _voted_study(tmp_path):
 def test_export_writes_every_file_with_consistent_counts(tmp_path):
     db, study_id, _, _ = _voted_study(tmp_path)
     written = study.export_study(db, study_id, tmp_path / "out", n_boot=50)
-    assert {p.name for p in written.values()} == {
-        "votes.csv",
-        "tallies.csv",
-        "pairwise.csv",
-        "ratings.csv",
-        "raters.csv",
-        "report.json",
-        "study.db",
-    }
+    assert {p.name for p in written.values()} == set(EXPORT_FILES)
     with written["votes"].open(newline="", encoding="utf-8") as f:
         votes = list(csv.DictReader(f))
     with written["votes"].open(encoding="utf-8") as f:
