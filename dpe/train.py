@@ -17,7 +17,10 @@ Its output means nothing before the relight stage, so it is validated (and expor
 Each step draws a batch of clean patches (random crops of ``--crop`` pixels, or with
 probability ``--whole-frac`` a whole tile downscaled to ``--crop``, so the network also sees the
 global brightness and contrast it has to undo), flips and rotates them, degrades each with
-``dpe.degrade`` and takes one discriminator and one generator Adam step. Every
+``dpe.degrade`` and takes one discriminator and one generator Adam step. Modalities are drawn
+equally often; ``--balance source`` also draws each source image within a modality equally often
+(one photo's dozen tiles against thousands of small patches). ``--ema`` keeps a moving average of
+the weights, and that average is what is validated and exported. Every
 ``--eval-every`` steps it measures PSNR on a fixed, deterministically degraded validation set
 and exports the best weights to ``weights/NAME.safetensors`` (fp16). A checkpoint
 (``checkpoints/NAME.pt``) is written every ``--checkpoint-minutes`` and on exit or SIGTERM;
