@@ -46,3 +46,11 @@ def luminance(image: np.ndarray) -> np.ndarray:
     return (image[..., 0] * 0.299 + image[..., 1] * 0.587 + image[..., 2] * 0.114).astype(
         np.float32
     )
+
+
+def is_gray(image: np.ndarray) -> bool:
+    """Whether an (H, W, 3) image has three identical channels (a grayscale source)."""
+    return bool(
+        np.array_equal(image[..., 0], image[..., 1])
+        and np.array_equal(image[..., 1], image[..., 2])
+    )

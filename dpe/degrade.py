@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from dpe._image import as_rgb_float
+from dpe._image import as_rgb_float, is_gray
 
 PRESETS = ("paper", "clinical")
 
@@ -31,11 +31,14 @@ def degrade(
     preset: str = "paper",
     seed: int | np.random.Generator | None = None,
     *,
+    gray: bool | None = None,
     return_params: bool = False,
 ):
     """Return a low-quality version of ``image`` (float32 (H, W, 3) in [0, 1]).
 
-    The same ``seed`` always gives the same output. With ``return_params=True`` returns
+    The same ``seed`` always gives the same output. A grayscale source (``gray=True``, or
+    ``None`` and three identical channels) is degraded as one channel, so its twin stays
+    gray: the noise is the same in every channel. With ``return_params=True`` returns
     ``(degraded, params)`` where ``params`` records every random draw.
 
     Examples
@@ -50,12 +53,16 @@ def degrade(
         raise ValueError(f"preset must be one of {PRESETS}; got {preset!r}.")
     image = as_rgb_float(image)
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    gray = is_gray(image) if gray is None else bool(gray)
+    source = image[..., :1] if gray else image
     if preset == "paper":
-        out, params = _paper(image, rng)
+        out, params = _paper(source, rng)
     else:
-        out, params = _clinical(image, rng)
+        out, params = _clinical(source, rng)
     out = np.clip(out, 0.0, 1.0).astype(np.float32)
-    params["preset"] = preset
+    if gray:
+        out = np.repeat(out, 3, axis=2)
+    params.update(preset=preset, gray=gray)
     return (out, params) if return_params else out
 
 
@@ -70,7 +77,8 @@ def _photometric(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarra
         if step == "brightness":
             out = np.clip(out * brightness, 0.0, 1.0)
         else:
-            mean = float((out @ _GRAY).mean())
+            # one channel (a gray source) has luma = value x the weights' sum
+            mean = float((out @ _GRAY).mean() if out.shape[2] == 3 else out.mean() * _GRAY.sum())
             out = np.clip(contrast * out + (1.0 - contrast) * mean, 0.0, 1.0)
     return out, {"brightness": brightness, "contrast": contrast, "order": order}
 

@@ -146,6 +146,10 @@ class LoadedImage:
         channel, ``(H, W, C)`` otherwise, C counting alpha (4 for RGBA or CMYK, 2 for gray+alpha).
     was_grayscale : bool
         True when the source had one intensity channel (with or without alpha).
+    gray : bool
+        True when the picture is grayscale: one channel, or colour channels within two levels
+        of each other (then made identical). Pass it on as ``degrade(..., gray=)`` and
+        ``enhance(..., gray=)`` so a gray source stays gray.
     notes : list of str
         What was done that a viewer should know: frames skipped, window used, values rescaled,
         colour conversions.
@@ -160,6 +164,7 @@ class LoadedImage:
     modality: str = "unknown"
     original_shape: tuple[int, ...] = ()
     was_grayscale: bool = False
+    gray: bool = False
     notes: list[str] = field(default_factory=list)
     format: str = ""
     n_frames: int = 1
@@ -378,6 +383,12 @@ def _finish(
     if values.shape[2] == 1:
         values = np.repeat(values, 3, axis=2)
     values = _orient(values, orientation)
+    gray = samples.was_grayscale or _near_gray(values, bit_depth)
+    if gray and not _is_exactly_gray(values):
+        # An RGB file of a gray picture (a screenshot, a JPEG with chroma noise) is gray: the
+        # methods and the degradation keep it gray only if its channels are identical.
+        values = np.repeat(values.mean(axis=2, keepdims=True), 3, axis=2)
+        notes.append("RGB file with equal channels (within 2 levels): treated as grayscale.")
     height, width = values.shape[:2]
     channels = samples.source_channels
     original_shape = (height, width) if channels == 1 else (height, width, channels)
@@ -388,10 +399,24 @@ def _finish(
         modality=modality,
         original_shape=original_shape,
         was_grayscale=samples.was_grayscale,
+        gray=bool(gray),
         notes=notes,
         format=fmt,
         n_frames=int(n_frames),
     )
+
+
+NEAR_GRAY_LEVELS = 2  # channel spread (in levels of the source depth) that still counts as gray
+
+
+def _near_gray(values: np.ndarray, bit_depth: int) -> bool:
+    """Whether every pixel's channels lie within ``NEAR_GRAY_LEVELS`` levels of each other."""
+    tolerance = NEAR_GRAY_LEVELS / (2.0 ** min(max(int(bit_depth), 1), 24) - 1)
+    return bool((np.ptp(values, axis=2) <= tolerance * 1.0001).all())
+
+
+def _is_exactly_gray(values: np.ndarray) -> bool:
+    return bool((values[..., :1] == values).all())
 
 
 def _orient(values: np.ndarray, orientation: int) -> np.ndarray:

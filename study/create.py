@@ -303,7 +303,17 @@ def _check_output(image, like: np.ndarray | None, what: str) -> np.ndarray:
         raise StudyError(f"{what} changed the image shape from {like.shape} to {arr.shape}.")
     if not np.isfinite(arr).all():
         raise StudyError(f"{what} produced NaN or infinite values.")
+    if like is not None and _is_gray(like) != _is_gray(arr):
+        kinds = ("colour", "grayscale") if _is_gray(arr) else ("grayscale", "colour")
+        raise StudyError(
+            f"{what} turned a {kinds[0]} image into {kinds[1]}: raters could tell that method "
+            "by its colour, so the study is not built. Fix the method, or leave it out."
+        )
     return np.clip(arr, 0.0, 1.0).astype(np.float32)
+
+
+def _is_gray(image: np.ndarray) -> bool:
+    return bool((image[..., :1] == image).all())
 
 
 def _store_png(media: Path, image: np.ndarray) -> str:

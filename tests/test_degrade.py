@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from dpe.degrade import FACTOR_RANGE, PAPER_SIGMA_MAX, degrade
+from dpe.degrade import FACTOR_RANGE, PAPER_SIGMA_MAX, PRESETS, degrade
 
 
 @pytest.fixture
@@ -76,3 +76,20 @@ def test_bad_preset_and_shape():
         degrade(np.zeros((4, 4, 4), np.float32))
     with pytest.raises(ValueError, match="NaN"):
         degrade(np.full((4, 4, 3), np.nan, np.float32))
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_a_grayscale_source_stays_gray_through_degradation(preset):
+    gray = np.repeat(np.random.default_rng(1).random((24, 20, 1), dtype=np.float32), 3, axis=2)
+    for seed in range(5):
+        low, params = degrade(gray, preset, seed=seed, return_params=True)
+        assert params["gray"] is True
+        assert np.array_equal(low[..., 0], low[..., 1]) and np.array_equal(low[..., 0], low[..., 2])
+        assert not np.array_equal(low, gray)
+
+
+def test_gray_flag_overrides_the_pixels():
+    colour = np.random.default_rng(2).random((16, 16, 3), dtype=np.float32)
+    low = degrade(colour, "paper", seed=0, gray=True)
+    assert np.array_equal(low[..., 0], low[..., 2])  # channel 0 of the source, degraded once
+    assert not np.array_equal(degrade(colour, "paper", seed=0)[..., 0], low[..., 2])

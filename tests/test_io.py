@@ -1030,3 +1030,17 @@ def test_save_rejects_bad_input(tmp_path):
 def test_docstring_examples_run():
     result = doctest.testmod(dpe.io, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_rgb_file_of_a_gray_picture_loads_as_gray(tmp_path):
+    rng = np.random.default_rng(0)
+    gray = rng.integers(0, 256, (20, 30), dtype=np.int16)
+    rgb = np.stack([gray, gray + rng.integers(-2, 3, gray.shape), gray], -1).clip(0, 255)
+    Image.fromarray(rgb.astype(np.uint8)).save(tmp_path / "g.png")
+    loaded = load_image(tmp_path / "g.png")
+    assert loaded.gray and not loaded.was_grayscale
+    assert np.array_equal(loaded.image[..., 0], loaded.image[..., 1])
+    assert any("grayscale" in n for n in loaded.notes)
+    rgb[0, 0] = (200, 100, 50)  # one coloured pixel: a colour picture, left as it is
+    Image.fromarray(rgb.astype(np.uint8)).save(tmp_path / "c.png")
+    assert not load_image(tmp_path / "c.png").gray

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import dpe
-from dpe.methods import UnknownMethodError, create_method, list_methods, method_info
+from dpe.methods import CheckedMethod, UnknownMethodError, create_method, list_methods, method_info
 from dpe.methods.deep import TorchMethod, run_tiled
 from dpe.nets.dpenet import DPENet
 from dpe.weights import WeightsNotFoundError, load_weights, save_weights
@@ -114,10 +114,54 @@ def test_run_tiled_blends_without_seams():
 
 def test_grayscale_input_comes_back_grayscale():
     torch.manual_seed(0)
-    method = TorchMethod("t", "t", DPENet(width=8))
+    method = CheckedMethod(TorchMethod("t", "t", DPENet(width=8)))
     gray = np.repeat(np.random.default_rng(3).random((32, 48, 1)), 3, axis=2).astype(np.float32)
     out = method.enhance(gray)
     assert np.array_equal(out[..., 0], out[..., 1]) and np.array_equal(out[..., 1], out[..., 2])
     colour = np.random.default_rng(4).random((32, 48, 3)).astype(np.float32)
     out = method.enhance(colour)
     assert not np.array_equal(out[..., 0], out[..., 1])  # colour images are left as they are
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "identity",
+        "autocontrast",
+        "clahe",
+        "lime",
+        "dual",
+        "dpe",
+        "dpe-s",
+        "dpe-g",
+        "retinexnet",
+        "dran",
+    ],
+)
+def test_every_method_returns_a_gray_source_gray_degraded_or_not(name):
+    from dpe import degrade, enhance
+
+    rng = np.random.default_rng(5)
+    gray = np.repeat(rng.random((40, 36, 1), dtype=np.float32) * 0.6 + 0.2, 3, axis=2)
+    options = {"denoise": False} if name in ("lime", "dual") else {}
+    for image in (gray, degrade(gray, "paper", seed=3)):
+        out = enhance(image, name, **options)
+        assert out.shape == image.shape and out.dtype == np.float32
+        assert np.array_equal(out[..., 0], out[..., 1]) and np.array_equal(out[..., 1], out[..., 2])
+    # gray decided from the source: a nearly gray colour array told gray=True comes back gray
+    tinted = gray + np.float32(0.01) * rng.random(gray.shape, dtype=np.float32)
+    out = enhance(np.clip(tinted, 0, 1), name, gray=True, **options)
+    assert np.array_equal(out[..., 0], out[..., 2])
+
+
+def test_registry_refuses_output_of_the_wrong_shape():
+    from dpe.methods import MethodOutputError
+
+    class Broken:
+        name = label = "broken"
+
+        def enhance(self, image):
+            return image[:-1]
+
+    with pytest.raises(MethodOutputError, match="broken"):
+        CheckedMethod(Broken()).enhance(np.zeros((4, 4, 3), np.float32))

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import study
+import study.create
 from tests.test_study_support import make_study, write_images
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,3 +126,38 @@ def test_importing_study_loads_no_torch_gradio_or_dpe():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_a_degraded_study_of_a_gray_scan_has_only_gray_stimuli(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    ramp = np.add.outer(np.arange(48), np.arange(40)).astype(np.uint16) * 600
+    Image.fromarray(ramp).save(folder / "xray16.png")  # 16-bit grayscale, like a radiograph
+    data_dir = tmp_path / "data"
+    methods = "identity,autocontrast,clahe,dpe-s"
+    made = run_cli(
+        data_dir,
+        "create",
+        "--title",
+        "Gray",
+        "--images",
+        str(folder),
+        "--methods",
+        methods,
+        "--degrade",
+        "paper",
+        "--seed",
+        "0",
+    )
+    assert made.returncode == 0, made.stderr
+    study_id = made.stdout.strip().splitlines()[-1]
+    with study.open_db(data_dir / "study.db") as db:
+        names = [r["opaque_name"] for r in db.query("SELECT opaque_name FROM stimuli")]
+        media = study.create.study_media(db, study_id)
+    assert len(names) == 4
+    for name in names:
+        pixels = np.asarray(Image.open(media / name).convert("RGB"))
+        assert (pixels[..., :1] == pixels).all(), name

@@ -11,6 +11,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import study
 from tests.test_study_support import METHODS, fake_enhance, make_study, write_images
@@ -380,3 +381,21 @@ def test_closed_study_serves_no_more_trials(tmp_path):
     assert study.next_trial(db, invite.rater_id) is None
     with pytest.raises(study.StudyNotOpenError):
         study.invite_rater(db, study_id, "Dr B")
+
+
+def test_a_tinted_stimulus_of_a_gray_item_is_refused(tmp_path):
+    db = study.open_db(tmp_path / "data" / "study.db")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (8, 8), dtype=np.uint8)).save(
+        folder / "gray.png"
+    )
+
+    def tints_b(image, method):
+        out = image.copy()
+        if method == "b":
+            out[..., 0] *= 0.9  # a colour cast: a rater could spot method b
+        return out
+
+    with pytest.raises(study.StudyError, match="grayscale image into colour"):
+        study.create_study(db, "t", [folder / "gray.png"], ["a", "b"], tints_b)

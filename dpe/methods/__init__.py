@@ -17,6 +17,8 @@ from typing import Protocol
 
 import numpy as np
 
+from dpe._image import as_rgb_float, is_gray
+
 
 class Method(Protocol):
     name: str
@@ -27,6 +29,47 @@ class Method(Protocol):
 
 class UnknownMethodError(ValueError):
     """The method name is not registered."""
+
+
+class MethodOutputError(RuntimeError):
+    """A method returned something that is not an image of its input's size (a bug, not input)."""
+
+
+class CheckedMethod:
+    """What the registry hands out: a method with its input and output checks in one place.
+
+        Every caller (``dpe.enhance``, the evaluation, the demo, studies) goes through this, so
+        each gets the same guarantees: float32 (H, W, 3) in [0, 1] of the input's size, and a
+        grayscale source comes back with identical channels. ``gray`` says whether the *source*
+        was grayscale (``LoadedImage.was_grayscale``); ``None`` decides from the image itself,
+        which is exact for sources loaded through ``dpe.io`` and degraded by ``dpe.degrade``
+    (pass ``LoadedImage.gray`` where it is known).
+    """
+
+    def __init__(self, inner: Method):
+        self.inner = inner
+        self.name = inner.name
+        self.label = inner.label
+
+    def __getattr__(self, attr: str):
+        return getattr(self.inner, attr)  # e.g. a deep method's ``net``
+
+    def enhance(self, image: np.ndarray, *, gray: bool | None = None, **options) -> np.ndarray:
+        """Enhance ``image``; see the class docstring for ``gray``."""
+        image = as_rgb_float(image)
+        out = np.asarray(self.inner.enhance(image, **options))
+        if out.shape != image.shape or not np.issubdtype(out.dtype, np.floating):
+            raise MethodOutputError(
+                f"method {self.name!r} returned {out.dtype} {out.shape} for a {image.shape} image."
+            )
+        if not np.isfinite(out).all():
+            raise MethodOutputError(f"method {self.name!r} returned NaN or infinite values.")
+        out = np.clip(out, 0.0, 1.0).astype(np.float32, copy=False)
+        if is_gray(image) if gray is None else gray:
+            # Methods are not colour-symmetric (nets, LIME's max-channel map); a gray source
+            # must not come back tinted, or a rater could tell the method by its colour.
+            out = np.repeat(out.mean(axis=2, keepdims=True), 3, axis=2)
+        return out
 
 
 @dataclass(frozen=True)
@@ -120,14 +163,14 @@ def _check_name(name: str) -> None:
         raise UnknownMethodError(f"unknown method {name!r}; registered methods: {known}.")
 
 
-def create_method(name: str, **kwargs) -> Method:
+def create_method(name: str, **kwargs) -> CheckedMethod:
     """Build a new method object (deep methods load their weights here)."""
     _load_modules()
     _check_name(name)
-    return _REGISTRY[name](**kwargs)
+    return CheckedMethod(_REGISTRY[name](**kwargs))
 
 
-def get_method(name: str) -> Method:
+def get_method(name: str) -> CheckedMethod:
     """The process-wide shared instance of ``name`` (built on first use)."""
     _load_modules()
     _check_name(name)

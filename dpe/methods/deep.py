@@ -74,13 +74,6 @@ def run_tiled(fn, image: np.ndarray, *, tile: int = TILE, overlap: int = OVERLAP
     return out / weight
 
 
-def _is_gray(image: np.ndarray) -> bool:
-    return bool(
-        np.array_equal(image[..., 0], image[..., 1])
-        and np.array_equal(image[..., 1], image[..., 2])
-    )
-
-
 class TorchMethod:
     """A registry method backed by a torch network (weights resolved by name)."""
 
@@ -129,10 +122,7 @@ class TorchMethod:
                         params = self.net.global_params(self._tensor(image))
                     forward = functools.partial(self._forward, params=params)
                 out = run_tiled(forward, padded, tile=tile or TILE)[:h, :w]
-        if _is_gray(image):
-            # The nets are not colour-symmetric: a grayscale scan must not come back tinted.
-            out = np.repeat(out.mean(axis=2, keepdims=True), 3, axis=2)
-        return out
+        return out  # dpe.methods.CheckedMethod keeps a grayscale source gray
 
 
 @register_method("dpe", label="DPE (paper)", kind="deep", weights="dpe")
