@@ -28,22 +28,47 @@ def _shown(path: Path) -> str:
     return text if text.isprintable() else ascii(text)
 
 
-def _collect(inputs: list[str]) -> list[Path]:
-    """Files named directly, plus image files found (recursively) in named folders."""
-    files: list[Path] = []
+def _collect(inputs: list[str]) -> list[tuple[Path, Path]]:
+    """(file, its path relative to the folder named) for files named directly (the name alone)
+    and image files found recursively in named folders; each file once."""
+    files: list[tuple[Path, Path]] = []
+    seen: set[Path] = set()
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            files += sorted(
+            found = sorted(
                 p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
             )
+            pairs = [(p, p.relative_to(path)) for p in found]
         elif path.is_file():
-            files.append(path)
+            pairs = [(path, Path(path.name))]
         else:
             raise SystemExit(f"error: {_shown(path)} is neither a file nor a folder.")
+        for file, rel in pairs:
+            if file.resolve() not in seen:
+                seen.add(file.resolve())
+                files.append((file, rel))
     if not files:
         raise SystemExit("error: no image files found in the inputs given.")
     return files
+
+
+def _targets(files: list[tuple[Path, Path]], out: Path, suffix: str) -> list[Path]:
+    """Where each file's result goes: its relative path under ``out``, stem + ``suffix``.
+
+    Two inputs that would land on the same output (``x/a.png`` and ``y/a.png``, or ``a.png``
+    and ``a.jpg``) are refused before anything is written: one would silently replace the other.
+    """
+    targets = [out / rel.parent / f"{rel.stem}{suffix}.png" for _, rel in files]
+    first: dict[Path, Path] = {}
+    for (path, _), target in zip(files, targets, strict=True):
+        if target in first:
+            raise SystemExit(
+                f"error: {_shown(first[target])} and {_shown(path)} would both be written to "
+                f"{_shown(target)}; give them in separate runs with different --out folders."
+            )
+        first[target] = path
+    return targets
 
 
 def _output_folder(name: str) -> Path:
@@ -60,14 +85,17 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
 
     import dpe
 
-    out = _output_folder(args.out)
+    files = _collect(args.inputs)
+    targets = _targets(files, Path(args.out), f"_{args.method}")
+    _output_folder(args.out)
     try:
         method = dpe.get_method(args.method)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     failures = 0
-    for path in tqdm(_collect(args.inputs), unit="img", disable=args.quiet):
+    pairs = list(zip(files, targets, strict=True))
+    for (path, _), target in tqdm(pairs, unit="img", disable=args.quiet):
         try:
             loaded = dpe.load_image(path)
             start = time.perf_counter()
@@ -77,27 +105,35 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
             tqdm.write(f"skipped {_shown(path)}: {exc}", file=sys.stderr)
             failures += 1
             continue
-        target = out / f"{path.stem}_{args.method}.png"
-        dpe.save_image(result, target, bits=16 if args.bits16 else 8)
-        tqdm.write(f"{_shown(target)}  ({seconds:.2f} s)")
+        # As the app does: a source above 8 bits (10-bit DICOM, 16-bit PNG/TIFF) keeps 16.
+        bits = args.bits or (16 if loaded.bit_depth > 8 else 8)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        dpe.save_image(result, target, bits=bits)
+        tqdm.write(f"{_shown(target)}  ({seconds:.2f} s, {bits}-bit)")
     return 1 if failures else 0
 
 
 def _cmd_degrade(args: argparse.Namespace) -> int:
     import dpe
+    from dpe.evaluate import image_seed
 
-    out = _output_folder(args.out)
+    files = _collect(args.inputs)
+    targets = _targets(files, Path(args.out), f"_{args.preset}_s{args.seed}")
+    _output_folder(args.out)
     failures = 0
-    for path in _collect(args.inputs):
+    for (path, rel), target in zip(files, targets, strict=True):
         try:
-            image = dpe.load_image(path).image
+            loaded = dpe.load_image(path)
         except ValueError as exc:
             print(f"skipped {_shown(path)}: {exc}", file=sys.stderr)
             failures += 1
             continue
-        low, params = dpe.degrade(image, args.preset, seed=args.seed, return_params=True)
-        target = out / f"{path.stem}_{args.preset}_s{args.seed}.png"
-        dpe.save_image(low, target)
+        # Each file its own draw, keyed as dpe.evaluate keys it: a folder degraded once is a
+        # sample of the preset, and the same seed and relative path give the same twin.
+        rng = image_seed(args.seed, rel.as_posix())
+        low, params = dpe.degrade(loaded.image, args.preset, seed=rng, return_params=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        dpe.save_image(low, target, bits=args.bits or (16 if loaded.bit_depth > 8 else 8))
         drawn = f"brightness={params['brightness']:.3f} contrast={params['contrast']:.3f}"
         print(f"{_shown(target)}  {drawn}")
     return 1 if failures else 0
@@ -117,23 +153,58 @@ def _cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bits_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--bits",
+        type=int,
+        choices=[8, 16],
+        default=None,
+        help="bits per channel of the PNGs; default: the source's depth (16 for a 10-, 12- or "
+        "16-bit source, as the app writes), --bits 8 for 8-bit files",
+    )
+    # The old spelling, kept so scripts that pass it keep working.
+    parser.add_argument(
+        "--bits16", dest="bits", action="store_const", const=16, help=argparse.SUPPRESS
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dpe", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("enhance", help="enhance image files or folders; writes lossless PNG")
+    p = sub.add_parser(
+        "enhance",
+        help="enhance image files or folders; writes lossless PNG",
+        description="Enhance images with one method and write lossless PNGs under --out as "
+        "FOLDER-RELATIVE/PATH/STEM_METHOD.png (a file named directly: STEM_METHOD.png). "
+        "Inputs that would write the same output are refused before anything is written.",
+    )
     p.add_argument("inputs", nargs="+", help="image files or folders (searched recursively)")
     p.add_argument("--method", default="dpe", help="a name from `python -m dpe methods`")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--bits16", action="store_true", help="write 16-bit PNG")
+    _bits_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_enhance)
 
-    p = sub.add_parser("degrade", help="make low-quality twins of clean images")
-    p.add_argument("inputs", nargs="+")
+    p = sub.add_parser(
+        "degrade",
+        help="make low-quality twins of clean images",
+        description="Degrade clean images with a preset and write lossless PNGs under --out as "
+        "FOLDER-RELATIVE/PATH/STEM_PRESET_sSEED.png.",
+    )
+    p.add_argument("inputs", nargs="+", help="image files or folders (searched recursively)")
     p.add_argument("--preset", default="paper", choices=["paper", "clinical"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True)
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="each file draws its own brightness, contrast and noise from this seed and its "
+        "path relative to the folder named (a file named directly: its name), as "
+        "`python -m dpe.evaluate` does; a folder is a sample of the preset, the same seed "
+        "gives the same twins (default 0)",
+    )
+    p.add_argument("--out", required=True, help="output folder")
+    _bits_option(p)
     p.set_defaults(func=_cmd_degrade)
 
     p = sub.add_parser("methods", help="list methods and whether their weights are present")
