@@ -54,21 +54,19 @@ def _collect(inputs: list[str]) -> list[tuple[Path, Path]]:
 
 
 def _targets(files: list[tuple[Path, Path]], out: Path, suffix: str) -> list[Path]:
-    """Where each file's result goes: its relative path under ``out``, stem + ``suffix``.
+    """Where each file's result goes: its relative path under ``out``, stem + ``suffix``."""
+    return [out / rel.parent / f"{rel.stem}{suffix}.png" for _, rel in files]
 
-    Two inputs that would land on the same output (``x/a.png`` and ``y/a.png``, or ``a.png``
-    and ``a.jpg``) are refused before anything is written: one would silently replace the other.
-    """
-    targets = [out / rel.parent / f"{rel.stem}{suffix}.png" for _, rel in files]
-    first: dict[Path, Path] = {}
-    for (path, _), target in zip(files, targets, strict=True):
-        if target in first:
-            raise SystemExit(
-                f"error: {_shown(first[target])} and {_shown(path)} would both be written to "
-                f"{_shown(target)}; give them in separate runs with different --out folders."
-            )
-        first[target] = path
-    return targets
+
+def _clash(path: Path, target: Path, written: dict[Path, Path]) -> str | None:
+    """Why ``path`` must not be written to ``target``: another input of this run already was
+    (``x/a.png`` and ``y/a.png`` named directly, or ``a.png`` and ``a.jpg`` in one folder)."""
+    if target not in written:
+        return None
+    return (
+        f"skipped {_shown(path)}: {_shown(target)} was already written from "
+        f"{_shown(written[target])} in this run; give it another --out folder."
+    )
 
 
 def _output_folder(name: str) -> Path:
@@ -86,8 +84,8 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
     import dpe
 
     files = _collect(args.inputs)
-    targets = _targets(files, Path(args.out), f"_{args.method}")
-    _output_folder(args.out)
+    out = _output_folder(args.out)
+    targets = _targets(files, out, f"_{args.method}")
     try:
         method = dpe.get_method(args.method)
     except (ValueError, FileNotFoundError) as exc:
@@ -95,7 +93,12 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
         return 2
     failures = 0
     pairs = list(zip(files, targets, strict=True))
+    written: dict[Path, Path] = {}
     for (path, _), target in tqdm(pairs, unit="img", disable=args.quiet):
+        if clash := _clash(path, target, written):
+            tqdm.write(clash, file=sys.stderr)
+            failures += 1
+            continue
         try:
             loaded = dpe.load_image(path)
             start = time.perf_counter()
@@ -109,6 +112,7 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
         bits = args.bits or (16 if loaded.bit_depth > 8 else 8)
         target.parent.mkdir(parents=True, exist_ok=True)
         dpe.save_image(result, target, bits=bits)
+        written[target] = path
         tqdm.write(f"{_shown(target)}  ({seconds:.2f} s, {bits}-bit)")
     return 1 if failures else 0
 
@@ -118,10 +122,15 @@ def _cmd_degrade(args: argparse.Namespace) -> int:
     from dpe.evaluate import image_seed
 
     files = _collect(args.inputs)
-    targets = _targets(files, Path(args.out), f"_{args.preset}_s{args.seed}")
-    _output_folder(args.out)
+    out = _output_folder(args.out)
+    targets = _targets(files, out, f"_{args.preset}_s{args.seed}")
     failures = 0
+    written: dict[Path, Path] = {}
     for (path, rel), target in zip(files, targets, strict=True):
+        if clash := _clash(path, target, written):
+            print(clash, file=sys.stderr)
+            failures += 1
+            continue
         try:
             loaded = dpe.load_image(path)
         except ValueError as exc:
@@ -134,6 +143,7 @@ def _cmd_degrade(args: argparse.Namespace) -> int:
         low, params = dpe.degrade(loaded.image, args.preset, seed=rng, return_params=True)
         target.parent.mkdir(parents=True, exist_ok=True)
         dpe.save_image(low, target, bits=args.bits or (16 if loaded.bit_depth > 8 else 8))
+        written[target] = path
         drawn = f"brightness={params['brightness']:.3f} contrast={params['contrast']:.3f}"
         print(f"{_shown(target)}  {drawn}")
     return 1 if failures else 0
@@ -177,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         help="enhance image files or folders; writes lossless PNG",
         description="Enhance images with one method and write lossless PNGs under --out as "
         "FOLDER-RELATIVE/PATH/STEM_METHOD.png (a file named directly: STEM_METHOD.png). "
-        "Inputs that would write the same output are refused before anything is written.",
+        "An input whose output another input of the run already wrote is skipped, not "
+        "overwritten.",
     )
     p.add_argument("inputs", nargs="+", help="image files or folders (searched recursively)")
     p.add_argument("--method", default="dpe", help="a name from `python -m dpe methods`")

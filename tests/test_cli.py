@@ -100,20 +100,27 @@ def test_same_names_in_different_folders_do_not_overwrite_each_other(tmp_path):
     for folder, image in zip(["x", "y"], pixels, strict=False):
         written = np.asarray(Image.open(tmp_path / "out" / folder / "scan_identity.png"))
         np.testing.assert_array_equal(written, image)
-    # Named one by one, both would be out/scan_identity.png: refused, nothing written.
-    Image.fromarray(pixels[2]).save(tmp_path / "in" / "x" / "scan.jpg")
-    for inputs in (["in/x/scan.png", "in/y/scan.png"], ["in/x"]):
+    # Named one by one, both would be out/scan_identity.png; scan.bmp and scan.png in one folder
+    # too: the first is written, the second refused on one line, never written over it.
+    Image.fromarray(pixels[2]).save(tmp_path / "in" / "x" / "scan.bmp")
+    for k, (inputs, first, second) in enumerate(
+        [(["in/x/scan.png", "in/y/scan.png"], 0, "in/y/scan.png"), (["in/x"], 2, "in/x/scan.png")]
+    ):
+        out = tmp_path / f"clash{k}"
         result = run(
             "enhance",
             *(str(tmp_path / i) for i in inputs),
             "--method",
             "identity",
             "--out",
-            str(tmp_path / "clash"),
+            str(out),
+            "--quiet",
         )
-        assert result.returncode != 0 and "Traceback" not in result.stderr
-        assert "would both be written to" in result.stderr and "scan_identity.png" in result.stderr
-        assert not (tmp_path / "clash").exists()
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        [line] = result.stderr.splitlines()
+        assert line.startswith(f"skipped {tmp_path / second}: ") and "already written" in line
+        written = np.asarray(Image.open(out / "scan_identity.png"))
+        np.testing.assert_array_equal(written, pixels[first])
 
 
 def test_enhance_bad_file_is_reported_not_crashed(tmp_path):
