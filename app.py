@@ -55,6 +55,8 @@ OUTPUT_ROOT = Path(tempfile.gettempdir()) / f"dpe-app-{os.getpid()}"
 PRACTICE_DIR = Path(tempfile.gettempdir()) / f"dpe-practice-{os.getpid()}"
 for _folder in (OUTPUT_ROOT, PRACTICE_DIR):
     atexit.register(shutil.rmtree, _folder, ignore_errors=True)
+# Named, not __name__: `python app.py` runs this module as __main__.
+log = logging.getLogger("app")
 
 # ================================================================ plain functions
 # ---------------------------------------------------------------- shared
@@ -73,17 +75,37 @@ def _db() -> study.StudyDB:
         return _DBS[path]
 
 
+def _one_line(text: object) -> str:
+    """Text for a single log line: control characters (a newline in a file name) escaped."""
+    text = str(text)
+    return text if text.isprintable() else ascii(text)
+
+
+def _refused(message: str, what: str, file: str | None = None) -> gr.Error:
+    """A request the user got wrong: one log line (what, which file, why), no traceback.
+
+    Gradio prints a traceback for every ``gr.Error`` unless told not to; those are for faults.
+    """
+    where = f" {_one_line(Path(file).name)}" if file else ""
+    log.warning("refused %s%s: %s", what, where, _one_line(message))
+    return gr.Error(message, print_exception=False)
+
+
 def _user_errors(callback):
-    """Show the errors a user can cause (ValueError, e.g. StudyError, ImageError) as alerts."""
+    """Show the errors a user can cause (ValueError, e.g. StudyError, ImageError) as alerts,
+    each logged as one line (see :func:`_refused`)."""
 
     @functools.wraps(callback)  # Gradio reads the signature and docstring through the wrapper
     def shown(*args, **kwargs):
         try:
             return callback(*args, **kwargs)
-        except gr.Error:
+        except gr.Error as exc:
+            if exc.print_exception:  # not yet logged: a gr.Error raised in the callback itself
+                _refused(exc.message, callback.__name__)
+                exc.print_exception = False
             raise
         except ValueError as exc:
-            raise gr.Error(str(exc)) from None
+            raise _refused(str(exc), callback.__name__) from None
 
     return shown
 
@@ -127,7 +149,7 @@ def _prepare(path: str, what: str) -> dd.Prepared:
     try:
         return dd.read_upload(path, gr.utils.get_upload_folder())
     except ValueError as exc:
-        raise gr.Error(f"Could not read {what}: {exc}") from None
+        raise _refused(f"Could not read {what}: {exc}", "upload", path) from None
 
 
 def load_upload(path: str | None):
@@ -159,16 +181,18 @@ def enhance(
     simulate: bool,
     preset: str,
     seed: float,
-    reference: str | None,
+    reference: str | None = None,  # optional: the API page says so because of this default
     loaded: dd.Prepared | None = None,
     loaded_reference: dd.Prepared | None = None,
+    progress=gr.Progress(),  # noqa: B008 (Gradio injects the tracker through this default)
 ):
     """Enhance an image with each chosen method.
 
     The public ``/enhance`` endpoint. ``image`` and ``reference`` are files (the page sends
-    none and uses what it already decoded). With ``simulate``, the image is first degraded with
-    ``preset`` and ``seed`` and every method is scored against it. Returns the before/after
-    pair, the gallery, the timing-and-metrics table, lossless PNG files and notes.
+    none and uses what it already decoded); ``reference`` is optional. With ``simulate``, the
+    image is first degraded with ``preset`` and ``seed`` and every method is scored against it.
+    Progress is reported per method. Returns the before/after pair, the gallery, the
+    timing-and-metrics table, lossless PNG files and notes.
     """
     prepared = _prepare(image, "the image") if image else loaded
     if prepared is None:
@@ -180,6 +204,9 @@ def enhance(
         simulate_preset=preset if simulate else None,
         seed=int(seed or 0),
         reference=ref,
+        progress=lambda done, total, label: progress(
+            (done, total), desc=f"Running {label}", unit="methods"
+        ),
     )
     files = dd.write_results(enhanced, _output_dir(), prepared.name, bits=prepared.bit_depth)
     table = pd.DataFrame(dd.metrics_rows(enhanced), columns=dd.METRIC_HEADERS)
@@ -369,12 +396,14 @@ def _study_picker(current: str | None) -> gr.Dropdown:
     return gr.Dropdown(choices=studies, value=study.tables.keep_choice(studies, current))
 
 
+@_user_errors
 def open_results(token: str, request: gr.Request | None = None):
     """Check the token, then show the researcher views with the newest study selected."""
     _require_admin(token, request)
     return gr.Column(visible=True), _study_picker(None), method_choices(), ""
 
 
+@_user_errors
 def refresh_studies(token: str, current: str | None, request: gr.Request | None = None):
     """Re-read the list of studies, keeping the selection."""
     _require_admin(token, request)
@@ -615,7 +644,7 @@ with gr.Blocks(title=TITLE, delete_cache=(600, KEEP_SECONDS)) as demo:
             run = gr.Button("Enhance", variant="primary", elem_id="run")
         with gr.Column(scale=3):
             slider = gr.ImageSlider(label="Before / after (first method)", format="png")
-            notes = gr.Markdown(elem_id="notes")
+            notes = gr.Markdown(label="Notes", show_label=False, elem_id="notes")
             table = gr.Dataframe(
                 headers=dd.METRIC_HEADERS,
                 label="Time and quality per method (PSNR, SSIM, ΔE against the clean image)",

@@ -17,6 +17,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,8 @@ from dpe.metrics import compare
 from dpe.weights import WeightsNotFoundError, has_weights
 
 DEFAULT_MAX_MEGAPIXELS = 2.0
+# progress(done, total, label): told before each method starts (the app passes it to Gradio).
+Progress = Callable[[int, int, str], None]
 
 
 def max_megapixels() -> float:
@@ -68,9 +71,16 @@ class MethodResult:
 
 
 def run_methods(
-    image: np.ndarray, methods: list[str], *, reference: np.ndarray | None = None
+    image: np.ndarray,
+    methods: list[str],
+    *,
+    reference: np.ndarray | None = None,
+    progress: Progress | None = None,
 ) -> list[MethodResult]:
-    """Enhance ``image`` with each method; a failing method reports its error, the rest run."""
+    """Enhance ``image`` with each method; a failing method reports its error, the rest run.
+
+    ``progress(done, total, label)`` is called before each method starts.
+    """
     if not methods:
         raise ValueError("Choose at least one method.")
     if reference is not None and reference.shape != image.shape:
@@ -79,8 +89,10 @@ def run_methods(
             f"{image.shape[1]}×{image.shape[0]}; metrics need the same size."
         )
     results = []
-    for name in methods:
+    for done, name in enumerate(methods):
         label = method_info(name)["label"]
+        if progress is not None:
+            progress(done, len(methods), label)
         start = time.perf_counter()
         try:
             out = np.clip(get_method(name).enhance(image), 0, 1).astype(np.float32)
@@ -175,9 +187,11 @@ def enhance_prepared(
     simulate_preset: str | None = None,
     seed: int = 0,
     reference: np.ndarray | None = None,
+    progress: Progress | None = None,
 ) -> Enhanced:
     """Run ``methods`` on ``image``; with ``simulate_preset`` degrade it first and score every
-    method against the clean original, else score against ``reference`` when one is given."""
+    method against the clean original, else score against ``reference`` when one is given.
+    ``progress`` goes to :func:`run_methods`."""
     notes = []
     if simulate_preset:
         reference = image
@@ -188,7 +202,7 @@ def enhance_prepared(
         h, w = image.shape[:2]
         notes.append(f"No metrics: SSIM needs at least 3×3 pixels and the image is {w}×{h}.")
         scored = None
-    results = run_methods(image, list(methods), reference=scored)
+    results = run_methods(image, list(methods), reference=scored, progress=progress)
     input_metrics = compare(scored, image) if scored is not None else {}
     notes += [f"{r.label}: {r.error}" for r in results if r.error]
     return Enhanced(image, results, reference, input_metrics, notes, bool(simulate_preset))
@@ -204,6 +218,7 @@ def enhance_upload(
     simulate_preset: str | None = None,
     seed: int = 0,
     reference: Prepared | None = None,
+    progress: Progress | None = None,
 ) -> Enhanced:
     """:func:`enhance_prepared` on a loaded upload, scored against a loaded ``reference``.
 
@@ -219,6 +234,7 @@ def enhance_upload(
         simulate_preset=simulate_preset,
         seed=seed,
         reference=None if simulate_preset or reference is None else reference.image,
+        progress=progress,
     )
     enhanced.notes[:0] = notes
     return enhanced

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import secrets
 import shutil
+import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -18,6 +21,7 @@ import httpx
 import numpy as np
 import pytest
 from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
 from PIL import Image
 
 import app
@@ -467,3 +471,103 @@ def test_study_and_results_pages_carry_no_method_names(server):
         for secret in SECRETS:
             assert secret.lower() not in html.lower(), (page, secret)
     assert "CLAHE" in httpx.get(server, timeout=30).text  # the demo page does list them
+
+
+def test_api_page_names_every_output_and_marks_optional_inputs(server, tmp_path):
+    client = Client(server, verbose=False, analytics_enabled=False, download_files=tmp_path)
+    info = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/enhance"]
+    assert [r["label"] for r in info["returns"]] == [
+        "Before / after (first method)",
+        "All methods side by side",
+        "Time and quality per method (PSNR, SSIM, ΔE against the clean image)",
+        "Lossless PNG downloads",
+        "Notes",
+    ]
+    optional = {p["parameter_name"]: p["parameter_has_default"] for p in info["parameters"]}
+    assert optional == {
+        "image": False,
+        "methods": True,
+        "simulate": True,
+        "preset": True,
+        "seed": True,
+        "reference": True,
+    }
+    assert "value_" not in client.view_api(print_info=False, return_format="str")
+    # What the page promises: the optional inputs can be left out.
+    *_, notes = client.predict(
+        handle_file(str(EXAMPLES / "microscopy" / "ihc_colon.png")),
+        ["identity"],
+        api_name="/enhance",
+    )
+    assert "512×512" in notes
+
+
+def test_api_clients_see_progress_for_each_method(server, monkeypatch):
+    """Each method waits until the client has seen it announced: progress arrives while it runs."""
+    methods = ["identity", "autocontrast", "clahe"]
+    labels = [method_info(m)["label"] for m in methods]
+    started = {m: threading.Event() for m in methods}
+    real = app.dd.get_method
+
+    class Gated:
+        def __init__(self, name):
+            self.name, self.method = name, real(name)
+
+        def enhance(self, image, **options):
+            assert started[self.name].wait(60), f"the client never saw {self.name} announced"
+            return self.method.enhance(image, **options)
+
+    monkeypatch.setattr(app.dd, "get_method", Gated)
+    client = Client(server, verbose=False, analytics_enabled=False)
+    job = client.submit(
+        handle_file(str(EXAMPLES / "microscopy" / "ihc_colon.png")), methods, api_name="/enhance"
+    )
+    seen, deadline = [], time.monotonic() + 120
+    while len(seen) < len(methods) and not job.done() and time.monotonic() < deadline:
+        units = job.status().progress_data or []
+        for unit in units:
+            announced = (unit.index, unit.length, unit.desc, unit.unit)
+            if announced not in seen and unit.index == len(seen):
+                seen.append(announced)
+                started[methods[unit.index]].set()
+        time.sleep(0.01)
+    for event in started.values():
+        event.set()  # let a failing run finish
+    job.result(timeout=120)
+    assert seen == [(k, 3, f"Running {label}", "methods") for k, label in enumerate(labels)]
+
+
+def test_a_rejected_upload_is_one_log_line_and_a_fault_a_traceback(
+    server, tmp_path, caplog, capfd, monkeypatch
+):
+    bad = tmp_path / "not a scan.png"
+    bad.write_bytes(b"this is not a picture")
+    client = Client(server, verbose=False, analytics_enabled=False)
+    capfd.readouterr()
+    with caplog.at_level(logging.INFO, logger="app"):
+        with pytest.raises(AppError, match="Could not read the image: .*not an image"):
+            client.predict(handle_file(str(bad)), ["identity"], api_name="/enhance")
+        with pytest.raises(AppError, match="Choose at least one method"):
+            client.predict(
+                handle_file(str(EXAMPLES / "microscopy" / "ihc_colon.png")), [], api_name="/enhance"
+            )
+    lines = [r.getMessage() for r in caplog.records if r.name == "app"]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("refused upload not a scan.png: Could not read the image: ")
+    assert "not an image" in lines[0] and lines[1] == "refused enhance: Choose at least one method."
+    assert "Traceback" not in capfd.readouterr().err
+
+    def fault(*args, **kwargs):
+        raise RuntimeError("a real fault")
+
+    monkeypatch.setattr(app.dd, "enhance_upload", fault)
+    caplog.clear()
+    with pytest.raises(AppError):
+        client.predict(
+            handle_file(str(EXAMPLES / "microscopy" / "ihc_colon.png")),
+            ["identity"],
+            api_name="/enhance",
+        )
+    err = capfd.readouterr().err
+    assert "Traceback" in err and "RuntimeError: a real fault" in err
+    assert not [r for r in caplog.records if r.name == "app"]

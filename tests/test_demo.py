@@ -44,6 +44,23 @@ def test_run_methods_reports_metrics_and_errors(monkeypatch, tmp_path):
         demo.run_methods(low, ["identity"], reference=clean[:16])
 
 
+def test_run_methods_reports_progress_before_each_method(monkeypatch):
+    calls, ran = [], []
+    real = demo.get_method
+
+    def spy(name):
+        ran.append((name, len(calls)))  # how many progress reports came before this method ran
+        return real(name)
+
+    monkeypatch.setattr(demo, "get_method", spy)
+    image = np.random.default_rng(2).random((16, 16, 3)).astype(np.float32)
+    methods = ["identity", "autocontrast", "clahe"]
+    demo.run_methods(image, methods, progress=lambda *args: calls.append(args))
+    labels = [dpe.methods.method_info(m)["label"] for m in methods]
+    assert calls == [(k, 3, label) for k, label in enumerate(labels)]
+    assert ran == [(m, k + 1) for k, m in enumerate(methods)]
+
+
 def _png(path, array):
     Image.fromarray(array).save(path)
     return path
