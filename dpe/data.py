@@ -53,12 +53,12 @@ import numpy as np
 from PIL import Image
 
 SPLITS = ("train", "val", "test")
-MODALITIES = ("radiology", "dermatology", "microscopy")
+MODALITIES = ("radiology", "dermatology", "microscopy", "ophthalmology")
+AUXILIARY = ("natural",)  # training-only groups: not a modality, never in val or test
 TILE = 256  # px; also the smallest test image side the evaluation wants
 GAP = 256  # px between bands of different splits: one whole tile
 VOLUME_GAP = 8  # slices (1 mm each) between slabs of different splits
 MIN_SLICE_SIDE = 96  # px; thinner cuts through a slab are strips, not images
-PERCENTILE_WINDOW = (0.5, 99.5)
 MANIFEST_COLUMNS = (
     "path",
     "split",
@@ -103,6 +103,7 @@ class TileSpec:
     box: Box | None  # None: a whole separate file (a patch), with no coordinates to compare
     name: str
     region: str
+    window: str = ""  # a CT_WINDOWS name; "" is the file's own rendering
 
 
 def plan_bands(
@@ -354,83 +355,42 @@ def to_rgb8(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.repeat(out, 3, axis=2) if out.shape[2] == 1 else out)
 
 
-def percentile_window(values: np.ndarray, lo: float, hi: float) -> tuple[float, float]:
-    """The ``lo`` and ``hi`` percentiles of ``values``, as a (low, high) window."""
-    low, high = (float(v) for v in np.percentile(values, [lo, hi]))
-    return low, max(high, low + 1e-6)
-
-
-def apply_window(values: np.ndarray, low: float, high: float) -> np.ndarray:
-    """Map ``[low, high]`` linearly to [0, 1], clipping outside; returns float32."""
-    out = (np.asarray(values, dtype=np.float32) - low) / np.float32(high - low)
-    return np.clip(out, 0.0, 1.0)
-
-
 # ---------------------------------------------------------------------------------------------
-# Readers, one per file format. Each returns float32 in [0, 1] and a description of the window.
-# Optional packages are imported inside, so this module imports without them.
+# Pixels come through dpe.io, the one pixel path the app, the CLI and evaluation use. A source
+# with raw intensities (CT in Hounsfield units) is rendered through explicit clinical windows,
+# each a separate clean view, as a viewer's window presets would show it.
+
+# (name, centre, width) in Hounsfield units
+CT_WINDOWS = {
+    "brain": (40.0, 80.0),
+    "subdural": (75.0, 215.0),
+    "soft": (50.0, 400.0),
+    "bone": (600.0, 2800.0),
+    "lung": (-600.0, 1500.0),
+}
 
 
-def read_dicom(path: Path) -> tuple[np.ndarray, str]:
-    """One greyscale DICOM frame as float32 (H, W): modality LUT, then its window (see module)."""
-    import pydicom
-    from pydicom.pixels import apply_modality_lut
+def load_view(source: str | Path | bytes, window: str = "") -> tuple[np.ndarray, str]:
+    """One 2-D image through ``dpe.io.load_image``: RGB float32, and how it was windowed.
 
-    ds = pydicom.dcmread(path)
-    values = apply_modality_lut(ds.pixel_array, ds).astype(np.float32)
-    if values.ndim != 2:
-        raise ValueError(f"{path.name}: expected one greyscale frame; got {values.shape}.")
-    center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
-    if center is not None and width is not None:
-        center = float(center[0] if isinstance(center, pydicom.multival.MultiValue) else center)
-        width = float(width[0] if isinstance(width, pydicom.multival.MultiValue) else width)
-        low, high = center - width / 2, center + width / 2
-        window = f"DICOM header window C={center:g} W={width:g}"
-    else:
-        low, high = percentile_window(values, *PERCENTILE_WINDOW)
-        window = f"percentile {PERCENTILE_WINDOW[0]}-{PERCENTILE_WINDOW[1]} ({low:g}..{high:g})"
-    image = apply_window(values, low, high)
-    if ds.get("PhotometricInterpretation") == "MONOCHROME1":
-        image = 1.0 - image
-        window += ", MONOCHROME1 inverted"
-    return image, window
+    ``window`` names an entry of :data:`CT_WINDOWS`; empty keeps the file's own rendering
+    (its VOI LUT or window for DICOM, the stored-bits rule for 16-bit gray, native 8-bit).
+    """
+    from dpe.io import load_image
 
-
-def read_tiff16(path: Path) -> tuple[np.ndarray, str]:
-    """A 16-bit greyscale TIFF as float32 (H, W) through its 0.5-99.5 percentile window."""
-    import tifffile
-
-    values = tifffile.imread(path).astype(np.float32)
-    low, high = percentile_window(values, *PERCENTILE_WINDOW)
-    window = f"percentile {PERCENTILE_WINDOW[0]}-{PERCENTILE_WINDOW[1]} ({low:g}..{high:g})"
-    return apply_window(values, low, high), window
-
-
-def read_svs(path: Path) -> tuple[np.ndarray, str]:
-    """The full-resolution level of an Aperio SVS slide (tifffile + imagecodecs for JPEG)."""
-    import tifffile
-
-    with tifffile.TiffFile(path) as tif:
-        rgb = tif.series[0].levels[0].asarray()
-    return rgb.astype(np.float32) / 255.0, "native 8-bit (series 0, level 0)"
-
-
-def read_picture(path: Path) -> tuple[np.ndarray, str]:
-    """An 8-bit PNG/JPEG/BMP as float32, (H, W) if greyscale else (H, W, 3); EXIF-rotated."""
-    from PIL import ImageOps
-
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)
-        if im.mode.startswith("I"):
-            raise ValueError(
-                f"{path.name}: 16/32-bit picture; it needs a window, not read_picture."
-            )
-        arr = np.asarray(im.convert("L" if im.mode in ("L", "1") else "RGB"))
-    return arr.astype(np.float32) / 255.0, "native 8-bit"
+    centre_width = CT_WINDOWS[window] if window else None
+    loaded = load_image(source, window=centre_width, max_megapixels=80)
+    image = loaded.image[..., 0] if loaded.gray else loaded.image
+    note = "; ".join(loaded.notes) or f"native {loaded.bit_depth}-bit {loaded.format}"
+    return image, (f"{window} window: " if window else "") + note
 
 
 def read_nifti(path: Path) -> tuple[np.ndarray, str]:
-    """A NIfTI volume reoriented to RAS, as float32 (X, Y, Z) divided by 255 (8-bit data)."""
+    """An 8-bit NIfTI volume reoriented to RAS, float32 (X, Y, Z) / 255 (dpe.io's 8-bit scale).
+
+    dpe.io reads no NIfTI; the volume's voxels are already 8-bit display values, so the only
+    step is the division that dpe.io applies to every 8-bit file.
+    """
     import nibabel
 
     img = nibabel.as_closest_canonical(nibabel.load(path))
@@ -439,20 +399,22 @@ def read_nifti(path: Path) -> tuple[np.ndarray, str]:
     return img.get_fdata(dtype=np.float32) / 255.0, "native 8-bit"
 
 
-def _reader(path: Path) -> Callable[[Path], tuple[np.ndarray, str]]:
-    name = path.name.lower()
-    for suffix, reader in (
-        (".dcm", read_dicom),
-        (".svs", read_svs),
-        (".tif", read_tiff16),
-        (".nii.gz", read_nifti),
-        (".png", read_picture),
-        (".jpg", read_picture),
-        (".bmp", read_picture),
-    ):
-        if name.endswith(suffix):
-            return reader
-    raise ValueError(f"no reader for {path.name}; add one to dpe.data._reader.")
+def series_slices(path: Path) -> list[bytes]:
+    """The DICOM files inside a zip archive, ordered by slice position (z)."""
+    import io
+    import zipfile
+
+    import pydicom
+
+    with zipfile.ZipFile(path) as archive:
+        blobs = [archive.read(n) for n in sorted(archive.namelist()) if n.endswith(".dcm")]
+
+    positioned = []
+    for blob in blobs:
+        ds = pydicom.dcmread(io.BytesIO(blob), force=True, stop_before_pixels=True)
+        if "ImagePositionPatient" in ds:  # a localiser or other non-slice object has none
+            positioned.append((float(ds.ImagePositionPatient[2]), blob))
+    return [blob for _, blob in sorted(positioned, key=lambda p: p[0])]
 
 
 def slice_volume(volume: np.ndarray, box: Box) -> np.ndarray:
@@ -492,10 +454,13 @@ FLUORESCENCE = Keep(low=0.15, min_fraction=0.05, min_std=0.05)  # sparse nuclei 
 class Source:
     """One file (or folder of patches) inside a package, and how it is split.
 
-    ``kind`` is "bands" (``layout`` along ``axis``, ``GAP`` apart), "whole" (every tile to
-    ``split``), "volume" (slabs along ``axis``, ``VOLUME_GAP`` apart) or "patches" (every
-    image file below the folder ``file``, duplicates dropped, to ``split``). ``package`` is a
-    PyPI distribution name, or ``debian:NAME`` with ``file`` an absolute path.
+    ``kind`` is "bands" (``layout`` along ``axis``, ``GAP`` apart), "boxes" (2-D ``regions``,
+    each one split's), "whole" (every tile to ``split``; an image smaller than a tile but at
+    least ``MIN_SLICE_SIDE`` goes whole), "volume" (an 8-bit NIfTI cut into slabs along
+    ``axis``, ``VOLUME_GAP`` apart), "series" (a zip of DICOM slices cut into slabs by
+    position) or "patches" (every image file below the folder ``file``, duplicates dropped,
+    to ``split``). ``package`` is a PyPI distribution name, or ``debian:NAME`` with ``file``
+    an absolute path. With ``windows``, every tile is written once per CT window.
     """
 
     key: str
@@ -509,6 +474,9 @@ class Source:
     axis: int = 0
     keep: Keep = Keep()
     notes: str = ""
+    windows: tuple[str, ...] = ()  # CT_WINDOWS names: one clean view per window
+    regions: tuple[tuple[str, Box], ...] = ()  # kind "boxes": (split, 2-D box) each
+    steps: tuple[tuple[str, int], ...] = (("val", 2), ("test", 2))  # volumes: every n-th slice
 
 
 _PYDICOM_DATA = "pydicom-data"
@@ -576,7 +544,96 @@ SOURCES: tuple[Source, ...] = (
         "whole",
         split="test",
         keep=DARK,
-        notes="Head CT, 512x512, HU, header brain window.",
+        windows=("brain", "soft", "bone"),
+        notes="Head CT, 512x512, HU; brain, soft-tissue and bone windows.",
+    ),
+    Source(
+        "ct_head2",
+        "radiology",
+        "pydicom",
+        "pydicom/data/test_files/J2K_pixelrep_mismatch.dcm",
+        "MIT (pydicom package; test_files/README.txt: no restriction); anonymised head CT",
+        "whole",
+        split="train",
+        keep=DARK,
+        windows=tuple(CT_WINDOWS),
+        notes="Head CT of another patient, 512x512, HU (JPEG 2000); five clinical windows.",
+    ),
+    Source(
+        "ct_small",
+        "radiology",
+        "pydicom",
+        "pydicom/data/test_files/CT_small.dcm",
+        "MIT (pydicom package; NEMA WG04 sample CT1, test_files/README.txt: no restriction)",
+        "whole",
+        split="val",
+        keep=Keep(low=0.05, min_fraction=0.2, min_std=0.04),
+        windows=("brain", "soft", "bone"),
+        notes="CT, 128x128, HU; kept whole (smaller than a tile).",
+    ),
+    Source(
+        "cbct_head",
+        "radiology",
+        "pylinac",
+        "pylinac/demo_files/cbct/High quality head.zip",
+        "MIT (pylinac 1.0.0 package); Varian OBI cone-beam CT of a Catphan phantom (no patient)",
+        "series",
+        layout=(("train", None), ("val", 8), ("test", 12)),
+        keep=DARK,
+        windows=("soft", "bone", "lung"),
+        steps=(("train", 4), ("val", 4), ("test", 4)),
+        notes="64 axial CBCT slices 512x512 at 2.5 mm, HU; slabs by position, 8 slices apart.",
+    ),
+    Source(
+        "us_doppler",
+        "radiology",
+        "pydicom",
+        "pydicom/data/test_files/examples_jpeg2k.dcm",
+        "MIT (pydicom package; test_files/README.txt: no restriction)",
+        "whole",
+        split="train",
+        notes="Colour-Doppler ultrasound, 480x640 RGB.",
+    ),
+    Source(
+        "us_palette",
+        "radiology",
+        "pydicom",
+        "pydicom/data/test_files/examples_palette.dcm",
+        "MIT (pydicom package; test_files/README.txt: no restriction)",
+        "whole",
+        split="train",
+        notes="Ultrasound, 350x800, palette colour.",
+    ),
+    Source(
+        "us_rgb",
+        "radiology",
+        "pydicom",
+        "pydicom/data/test_files/examples_rgb_color.dcm",
+        "MIT (pydicom package; test_files/README.txt: no restriction)",
+        "whole",
+        split="val",
+        notes="Ultrasound, 240x320 RGB; kept whole.",
+    ),
+    Source(
+        "us_ybr",
+        "radiology",
+        "pydicom",
+        "pydicom/data/test_files/examples_ybr_color.dcm",
+        "MIT (pydicom package; test_files/README.txt: no restriction)",
+        "whole",
+        split="test",
+        notes="Ultrasound cine, 30 frames 240x320 YBR; the middle frame, kept whole.",
+    ),
+    Source(
+        "nm_bone",
+        "radiology",
+        "pydicom",
+        "pydicom/data/test_files/JPEG2000.dcm",
+        "MIT (pydicom package; NEMA WG04 sample NM1, test_files/README.txt: no restriction)",
+        "bands",
+        layout=(("train", None), ("test", 1)),
+        keep=Keep(low=0.03, min_fraction=0.2, min_std=0.03),
+        notes="Nuclear-medicine whole-body bone scan, 1024x256, percentile window.",
     ),
     Source(
         "mr_abdomen",
@@ -606,9 +663,25 @@ SOURCES: tuple[Source, ...] = (
         "dermapred",
         "dermapred/examples/example_image.jpg",
         "Apache-2.0 (dermapred package); the photo's own licence is not stated",
-        "bands",
-        layout=(("train", None), ("test", 2)),
+        "boxes",
+        # test: the bottom 512 rows; val: a top-right block; train: top-left. 256 px apart.
+        regions=(
+            ("train", ((0, 592), (0, 1016))),
+            ("val", ((0, 512), (1272, 1528))),
+            ("test", ((848, 1360), (0, 1528))),
+        ),
         notes="Clinical skin photo, 1528 wide x 1360 high (iPhone 14); one subject.",
+    ),
+    Source(
+        "fundus",
+        "ophthalmology",
+        "scikit-image",
+        "skimage/data/retina.jpg",
+        "scikit-image BSD-3-Clause; docstring: public domain (Häggström, Wikimedia Commons)",
+        "bands",
+        layout=(("train", None), ("test", 1), ("val", 1)),  # test through the widest part
+        keep=Keep(low=0.05, min_fraction=0.6, min_std=0.02),
+        notes="Colour fundus photograph of a human retina, 1411x1411; one eye.",
     ),
     Source(
         "he_cmu",
@@ -678,6 +751,96 @@ SOURCES: tuple[Source, ...] = (
         keep=Keep(min_std=0.05),  # drops the flat, banded background around the cell
         notes="Quantitative phase image of a cell, 660x550.",
     ),
+    Source(
+        "photo_astronaut",
+        "natural",
+        "scikit-image",
+        "skimage/data/astronaut.png",
+        "CC0-1.0 (NASA, public domain; scikit-image docstring)",
+        "whole",
+        split="train",
+        notes="Natural photograph (training only): exposure and colour variety.",
+    ),
+    Source(
+        "photo_chelsea",
+        "natural",
+        "scikit-image",
+        "skimage/data/chelsea.png",
+        "CC0-1.0 (scikit-image docstring)",
+        "whole",
+        split="train",
+        notes="Natural photograph (training only): exposure and colour variety.",
+    ),
+    Source(
+        "photo_coffee",
+        "natural",
+        "scikit-image",
+        "skimage/data/coffee.png",
+        "CC0-1.0 (scikit-image docstring)",
+        "whole",
+        split="train",
+        notes="Natural photograph (training only): exposure and colour variety.",
+    ),
+    Source(
+        "photo_rocket",
+        "natural",
+        "scikit-image",
+        "skimage/data/rocket.jpg",
+        "CC0-1.0 (SpaceX, public domain; scikit-image docstring)",
+        "whole",
+        split="train",
+        notes="Natural photograph (training only): exposure and colour variety.",
+    ),
+    Source(
+        "photo_motorcycle",
+        "natural",
+        "scikit-image",
+        "skimage/data/motorcycle_left.png",
+        "Middlebury stereo data, research use (scikit-image docstring)",
+        "whole",
+        split="train",
+        notes="Natural photograph (training only): exposure and colour variety.",
+    ),
+    Source(
+        "photo_hubble",
+        "natural",
+        "scikit-image",
+        "skimage/data/hubble_deep_field.jpg",
+        "CC0-1.0 (NASA, public domain; scikit-image docstring)",
+        "whole",
+        split="train",
+        notes="Natural photograph (training only): exposure and colour variety.",
+    ),
+    Source(
+        "photo_camera",
+        "natural",
+        "scikit-image",
+        "skimage/data/camera.png",
+        "CC0-1.0 (scikit-image docstring)",
+        "whole",
+        split="train",
+        notes="Natural photograph (training only): exposure and colour variety.",
+    ),
+    Source(
+        "photo_moon",
+        "natural",
+        "scikit-image",
+        "skimage/data/moon.png",
+        "no known copyright restrictions (scikit-image docstring)",
+        "whole",
+        split="train",
+        notes="Natural photograph (training only): exposure and colour variety.",
+    ),
+    Source(
+        "photo_coins",
+        "natural",
+        "scikit-image",
+        "skimage/data/coins.png",
+        "CC0-1.0 (Walters Art Museum; scikit-image docstring)",
+        "whole",
+        split="train",
+        notes="Natural photograph (training only): exposure and colour variety.",
+    ),
 )
 
 
@@ -733,41 +896,116 @@ def _debian_version(name: str) -> str:
 
 @dataclass
 class Planned:
-    """A source's tile plan plus the pixels to cut them from."""
+    """A source's tile plan plus the pixels to cut them from and how each tile was windowed."""
 
     specs: list[TileSpec]
     pixels: Callable[[TileSpec], np.ndarray]
-    window: str
+    window: Callable[[TileSpec], str]
 
 
 def plan_source(source: Source, path: Path) -> Planned:
-    """Read ``source`` from ``path`` and plan its tiles; checks the split separation."""
+    """Plan ``source``'s tiles (reading pixels lazily); checks the split separation."""
     if source.kind == "patches":
         return _plan_patches(source, path)
-    image, window = _reader(path)(path)
     if source.kind == "volume":
+        volume, how = read_nifti(path)
         specs = volume_slices(
-            image.shape,
+            volume.shape,
             source.layout,
             axis=source.axis,
             gap=VOLUME_GAP,
-            steps={"val": 2, "test": 2},  # neighbouring 1-mm slices are near duplicates
+            steps=dict(source.steps),  # neighbouring 1-mm slices are near duplicates
             prefix=source.key,
         )
-        gap, pixels = VOLUME_GAP, (lambda s: slice_volume(image, s.box))
-    else:
-        if source.kind == "bands":
-            cross = image.shape[1 - source.axis]
-            specs = []
-            for band in plan_bands(image.shape[source.axis], source.layout, unit=TILE, gap=GAP):
-                specs += band_tiles(band, cross, tile=TILE, axis=source.axis, prefix=source.key)
-        elif source.kind == "whole":
-            specs = whole_tiles(image.shape[:2], source.split, tile=TILE, prefix=source.key)
-        else:
-            raise ValueError(f"{source.key}: unknown kind {source.kind!r}.")
-        gap, pixels = GAP, (lambda s: image[s.box[0][0] : s.box[0][1], s.box[1][0] : s.box[1][1]])
-    check_separated(specs, min_gap=gap)
-    return Planned(specs, pixels, window)
+        check_separated(specs, min_gap=VOLUME_GAP)
+        return Planned(specs, lambda s: slice_volume(volume, s.box), lambda s: how)
+    if source.kind == "series":
+        return _plan_series(source, path)
+    views = _Views(lambda window: load_view(path, window))
+    specs = image_specs(source, views("")[0].shape, source.key)
+    check_separated(specs, min_gap=GAP)
+    specs = _per_window(source, specs)
+
+    def pixels(spec: TileSpec) -> np.ndarray:
+        (y0, y1), (x0, x1) = spec.box[-2:]
+        return views(spec.window)[0][y0:y1, x0:x1]
+
+    return Planned(specs, pixels, lambda spec: views(spec.window)[1])
+
+
+class _Views:
+    """Rendered views of one file (or slice) by window, read once each, the last few kept."""
+
+    def __init__(self, render: Callable[[str], tuple[np.ndarray, str]], keep: int = 6):
+        self.render, self.keep, self.cache = render, keep, {}
+
+    def __call__(self, key):
+        if key not in self.cache:
+            if len(self.cache) >= self.keep:
+                self.cache.pop(next(iter(self.cache)))
+            self.cache[key] = self.render(key)
+        return self.cache[key]
+
+
+def image_specs(source: Source, shape: tuple[int, ...], prefix: str) -> list[TileSpec]:
+    """Tiles of a 2-D image by the source's kind: bands, boxes or whole."""
+    if source.kind == "bands":
+        cross = shape[1 - source.axis]
+        specs = []
+        for band in plan_bands(shape[source.axis], source.layout, unit=TILE, gap=GAP):
+            specs += band_tiles(band, cross, tile=TILE, axis=source.axis, prefix=prefix)
+        return specs
+    if source.kind == "boxes":
+        specs = []
+        for split, ((y0, y1), (x0, x1)) in source.regions:
+            for spec in whole_tiles((y1 - y0, x1 - x0), split, tile=TILE, prefix=prefix):
+                (a0, a1), (b0, b1) = spec.box
+                box = ((y0 + a0, y0 + a1), (x0 + b0, x0 + b1))
+                name = f"{prefix}_y{box[0][0]:04d}_x{box[1][0]:04d}"
+                specs.append(TileSpec(split, box, name, _rc(box)))
+        return specs
+    if source.kind == "whole":
+        specs = whole_tiles(shape[:2], source.split, tile=TILE, prefix=prefix)
+        if not specs and min(shape[:2]) >= MIN_SLICE_SIDE:  # smaller than a tile: keep it whole
+            box = ((0, shape[0]), (0, shape[1]))
+            specs = [TileSpec(source.split, box, f"{prefix}_whole", _rc(box))]
+        return specs
+    raise ValueError(f"{source.key}: unknown kind {source.kind!r}.")
+
+
+def _per_window(source: Source, specs: list[TileSpec]) -> list[TileSpec]:
+    if not source.windows:
+        return specs
+    windows = source.windows
+    return [TileSpec(s.split, s.box, f"{s.name}_{w}", s.region, w) for s in specs for w in windows]
+
+
+def series_specs(source: Source, n_slices: int, shape: tuple[int, int]) -> list[TileSpec]:
+    """Tiles of a slice series: slabs of slices by ``source.layout``, each slice tiled."""
+    steps = dict(source.steps)
+    specs = []
+    for slab in plan_bands(n_slices, source.layout, unit=1, gap=VOLUME_GAP):
+        for z in range(slab.start, slab.stop, steps.get(slab.split, 1)):
+            for t in whole_tiles(shape, slab.split, tile=TILE, prefix=""):
+                box = ((z, z + 1), *t.box)
+                name = f"{source.key}_z{z:03d}{t.name}"
+                specs.append(TileSpec(slab.split, box, name, f"slice {z}, {t.region}"))
+    return specs
+
+
+def _plan_series(source: Source, path: Path) -> Planned:
+    """A zip of DICOM slices: slabs by slice order, each slice tiled, once per window."""
+    blobs = series_slices(path)
+    specs = series_specs(source, len(blobs), load_view(blobs[0])[0].shape[:2])
+    check_separated(specs, min_gap=VOLUME_GAP)
+    specs = _per_window(source, specs)
+    views = _Views(lambda key: load_view(blobs[key[0]], key[1]))
+
+    def pixels(spec: TileSpec) -> np.ndarray:
+        (z, _), (y0, y1), (x0, x1) = spec.box
+        return views((z, spec.window))[0][y0:y1, x0:x1]
+
+    return Planned(specs, pixels, lambda spec: views((spec.box[0][0], spec.window))[1])
 
 
 def _plan_patches(source: Source, folder: Path) -> Planned:
@@ -786,7 +1024,7 @@ def _plan_patches(source: Source, folder: Path) -> Planned:
         name = f"{source.key}_" + "_".join(rel.with_suffix("").parts)
         by_name[name] = file
         specs.append(TileSpec(source.split, None, name, f"whole patch {rel.as_posix()}"))
-    return Planned(specs, lambda s: read_picture(by_name[s.name])[0], "native 8-bit")
+    return Planned(specs, lambda s: load_view(by_name[s.name])[0], lambda s: "native 8-bit")
 
 
 def build(
@@ -805,8 +1043,8 @@ def build(
     _clear_previous(out)
     rows: list[dict] = []
     for source in sources:
-        if source.modality not in MODALITIES:
-            raise ValueError(f"{source.key}: modality must be one of {MODALITIES}.")
+        if source.modality not in MODALITIES + AUXILIARY:
+            raise ValueError(f"{source.key}: modality must be one of {MODALITIES + AUXILIARY}.")
         try:
             path, version = locate(source)
         except SourceMissing as err:
@@ -839,7 +1077,7 @@ def build(
                     "box": "" if spec.box is None else ",".join(f"{a}:{b}" for a, b in spec.box),
                     "width": rgb.shape[1],
                     "height": rgb.shape[0],
-                    "window": planned.window,
+                    "window": planned.window(spec),
                 }
             )
             kept += 1
@@ -902,11 +1140,12 @@ def summary_table(rows: Sequence[dict]) -> str:
         for r in rows
         if r["split"] == "test" and min(int(r["width"]), int(r["height"])) >= TILE
     )
-    lines = ["| split | " + " | ".join(MODALITIES) + " | total |", "|---" * 5 + "|"]
+    groups = MODALITIES + tuple(a for a in AUXILIARY if any(r["modality"] == a for r in rows))
+    lines = ["| split | " + " | ".join(groups) + " | total |", "|---" * (len(groups) + 2) + "|"]
     for split in SPLITS:
-        cells = [counts[(split, m)] for m in MODALITIES]
+        cells = [counts[(split, m)] for m in groups]
         lines.append(f"| {split} | " + " | ".join(map(str, cells)) + f" | {sum(cells)} |")
-    cells = [big[m] for m in MODALITIES]
+    cells = [big[m] for m in groups]
     lines.append(f"| test >= {TILE}^2 | " + " | ".join(map(str, cells)) + f" | {sum(cells)} |")
     return "\n".join(lines)
 
@@ -942,6 +1181,9 @@ EXAMPLES: tuple[Example, ...] = (
     Example("he_tia", "he_tia.png", (744, 0), (256, 1000)),
     Example("ihc_skimage", "ihc_colon.png"),
     Example("nuclei_fluo", "nuclei_fluorescence.png"),
+    Example("fundus", "fundus_1.png", (643, 250), (256, 384)),
+    Example("fundus", "fundus_2.png", (643, 780), (256, 384)),
+    Example("fundus", "fundus_3.png", (643, 515), (256, 384)),
 )
 
 
@@ -949,6 +1191,8 @@ def split_regions(source: Source, shape: tuple[int, ...], split: str = "test") -
     """Boxes of a source of ``shape`` that belong to ``split`` (for checking example crops)."""
     if source.kind == "whole":
         return [tuple((0, n) for n in shape[:2])] if source.split == split else []
+    if source.kind == "boxes":
+        return [box for s, box in source.regions if s == split]
     if source.kind == "bands":
         boxes = []
         for band in plan_bands(shape[source.axis], source.layout, unit=TILE, gap=GAP):
@@ -980,7 +1224,7 @@ def write_examples(out: Path, examples: Sequence[Example] = EXAMPLES) -> list[di
     for ex in examples:
         source = by_key[ex.source]
         path, version = locate(source)
-        image, window = _reader(path)(path)
+        image, window = read_nifti(path) if source.kind == "volume" else load_view(path)
         if source.kind == "volume":
             y = ex.origin[0]
             box = ((0, image.shape[0]), (y, y + 1), (0, image.shape[2]))

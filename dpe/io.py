@@ -188,6 +188,7 @@ def load_image(
     source: str | os.PathLike | bytes | bytearray | memoryview | BinaryIO,
     *,
     max_megapixels: float | None = None,
+    window: tuple[float, float] | None = None,
 ) -> LoadedImage:
     """Load an image file of any supported format as float32 (H, W, 3) in [0, 1].
 
@@ -198,6 +199,10 @@ def load_image(
     max_megapixels : float, optional
         Refuse images with more pixels than this, checked from the header before decoding.
         Default: the environment variable ``DPE_MAX_LOAD_MEGAPIXELS`` if set, else 40.
+    window : (centre, width), optional
+        For a grayscale DICOM: show this window of its modality values (e.g. Hounsfield
+        units: ``(40, 80)`` brain, ``(600, 2800)`` bone) instead of the file's own VOI LUT or
+        window; the DICOM linear function, as a viewer's window presets apply it.
 
     Returns
     -------
@@ -225,7 +230,12 @@ def load_image(
     data, name = _read_source(source)
     if not data:
         raise ImageError(f"{name} is empty (0 bytes); upload or choose the file again.")
-    return _load_bytes(data, name, limit)
+    if window is not None and (len(window) != 2 or not float(window[1]) > 0):
+        raise ValueError(f"window must be (centre, width) with width > 0; got {window!r}.")
+    loaded = _load_bytes(data, name, limit, window)
+    if window is not None and not any(n.startswith("Window requested") for n in loaded.notes):
+        raise ImageError(f"{name}: window= applies to grayscale DICOM files only.")
+    return loaded
 
 
 def save_image(image: np.ndarray, path: str | os.PathLike | BinaryIO, *, bits: int = 8) -> None:
@@ -336,10 +346,10 @@ def _check_pixels(width: int, height: int, name: str, limit: float) -> None:
         )
 
 
-def _load_bytes(data: bytes, name: str, limit: float) -> LoadedImage:
+def _load_bytes(data: bytes, name: str, limit: float, window=None) -> LoadedImage:
     if data[128:132] == b"DICM":
         # Checked before TIFF: a DICOM preamble may itself be a TIFF header.
-        return _load_dicom(_read_dicom(data, name), name, limit)
+        return _load_dicom(_read_dicom(data, name), name, limit, window)
     if data[:4] in _TIFF_MAGIC:
         return _load_tiff(data, name, limit)
     png = _png_header(data)
@@ -352,7 +362,7 @@ def _load_bytes(data: bytes, name: str, limit: float) -> LoadedImage:
     if data[:2] in _BARE_DICOM_STARTS:
         ds = _read_bare_dicom(data)
         if ds is not None:
-            return _load_dicom(ds, name, limit)
+            return _load_dicom(ds, name, limit, window)
     for magic, fmt in _KNOWN_MAGIC.items():
         if data.startswith(magic):
             raise ImageError(
@@ -448,6 +458,28 @@ def _unit_range(arr: np.ndarray, bits: int, notes: list[str]) -> np.ndarray:
     return _stretch(arr, notes)
 
 
+STORED_BITS = (8, 10, 12, 14, 16)  # what 16-bit gray containers usually hold
+
+
+def _gray16(arr: np.ndarray, notes: list[str]) -> np.ndarray:
+    """16-bit gray samples with no window, scaled as a viewer shows them.
+
+    X-ray detectors and microscope cameras store 10-, 12- or 14-bit values in 16-bit files
+    that say nothing about it; scaled by 65535 such an image is almost black. The smallest of
+    ``STORED_BITS`` that holds the maximum is taken as the stored depth and its full scale as
+    white, so a 12-bit radiograph looks as it does in a 12-bit viewer, and an image that uses
+    the top bit is kept as it is. Nothing is stretched: a dark image stays dark.
+    """
+    peak_value = int(arr.max()) if arr.size else 0
+    bits = next(b for b in STORED_BITS if peak_value < 2**b)
+    if bits < 16:
+        notes.append(
+            f"16-bit gray file without a window whose values reach {peak_value}: shown as "
+            f"{bits}-bit data (0–{2**bits - 1} = black–white)."
+        )
+    return arr.astype(np.float32) / np.float32(2**bits - 1)
+
+
 def _stretch(arr: np.ndarray, notes: list[str]) -> np.ndarray:
     """Min–max scale float or wide-integer samples; floats already in [0, 1] are kept."""
     values = arr.astype(np.float64)
@@ -519,7 +551,8 @@ def _decode_pillow(im: Image.Image, data: bytes, name: str, limit: float) -> Loa
         samples = _decode_png16(data, name, png[3])
         bit_depth = 16
     else:
-        samples, bit_depth = _pillow_samples(im, notes)
+        full_range = png is not None and b"sBIT" in data[: max(data.find(b"IDAT"), 0)]
+        samples, bit_depth = _pillow_samples(im, notes, full_range_16=full_range)
     return _finish(
         samples,
         name=name,
@@ -554,8 +587,14 @@ def _exif_orientation(im: Image.Image) -> int:
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
-def _pillow_samples(im: Image.Image, notes: list[str]) -> tuple[_Samples, int]:
-    """Decode a Pillow image into samples and the source's bits per sample."""
+def _pillow_samples(
+    im: Image.Image, notes: list[str], *, full_range_16: bool = False
+) -> tuple[_Samples, int]:
+    """Decode a Pillow image into samples and the source's bits per sample.
+
+    ``full_range_16``: a 16-bit PNG with an sBIT chunk, whose samples the PNG specification
+    requires to be scaled to the full 16-bit range already.
+    """
     mode = im.mode
     channels = len(im.getbands())
     if mode in ("1", "L"):
@@ -564,8 +603,12 @@ def _pillow_samples(im: Image.Image, notes: list[str]) -> tuple[_Samples, int]:
     if mode in ("LA", "La"):
         return _Samples(_u8(im.convert("LA")), True, True, 2), 8
     if mode.startswith("I;16"):
-        values = np.asarray(im).astype(np.float32)[..., None] / np.float32(65535.0)
-        return _Samples(values, False, True, 1), 16
+        raw = np.asarray(im)
+        if full_range_16:
+            values = raw.astype(np.float32) / np.float32(65535.0)  # PNG spec: full range
+        else:
+            values = _gray16(raw, notes)
+        return _Samples(values[..., None], False, True, 1), 16
     if mode in ("I", "F"):
         values = _stretch(np.asarray(im), notes)[..., None]
         return _Samples(values, False, True, 1), 32
@@ -732,7 +775,10 @@ def _tiff_samples(arr: np.ndarray, page: tifffile.TiffPage, notes: list[str]) ->
         values = colormap[:, index].transpose(1, 2, 0).astype(np.float32) / np.float32(65535.0)
         return _Samples(values, False, False, samples)
 
-    values = _unit_range(arr[..., :color], bits, notes)
+    if color == 1 and arr.dtype == np.uint16 and photometric in (0, 1):
+        values = _gray16(arr[..., 0], notes)[..., None]
+    else:
+        values = _unit_range(arr[..., :color], bits, notes)
     if photometric == 0:
         values = 1.0 - values
         notes.append("MINISWHITE TIFF inverted so that white is high.")
@@ -800,18 +846,18 @@ def _read_bare_dicom(data: bytes) -> Dataset | None:
     return ds if has_pixels or "SOPClassUID" in ds else None
 
 
-def _load_dicom(ds: Dataset, name: str, limit: float) -> LoadedImage:
+def _load_dicom(ds: Dataset, name: str, limit: float, window=None) -> LoadedImage:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # odd values in a damaged header warn on first use
-            return _dicom_image(ds, name, limit)
+            return _dicom_image(ds, name, limit, window)
     except ImageError:
         raise
     except Exception as exc:  # pydicom converts values on first use: bad VRs, lengths, UIDs
         raise ImageError(_corrupt_message(name, exc)) from exc
 
 
-def _dicom_image(ds: Dataset, name: str, limit: float) -> LoadedImage:
+def _dicom_image(ds: Dataset, name: str, limit: float, window=None) -> LoadedImage:
     if not any(kw in ds for kw in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         if ds.get("Rows") and ds.get("Columns"):
             raise ImageError(
@@ -842,7 +888,7 @@ def _dicom_image(ds: Dataset, name: str, limit: float) -> LoadedImage:
     if photometric in ("MONOCHROME1", "MONOCHROME2"):
         if arr.ndim != 2:
             raise ImageError(f"{name}: a {photometric} DICOM frame must have one sample per pixel.")
-        values = _dicom_grayscale(arr, ds, index, photometric, notes)
+        values = _dicom_grayscale(arr, ds, index, photometric, notes, window)
         samples = _Samples(values[..., None], False, True, 1)
     elif photometric == "PALETTE COLOR":
         samples = _Samples(_dicom_palette(arr, ds, name), False, False, 1)
@@ -944,12 +990,27 @@ def _frame_view(ds: Dataset, index: int) -> Dataset:
 
 
 def _dicom_grayscale(
-    arr: np.ndarray, ds: Dataset, index: int, photometric: str, notes: list[str]
+    arr: np.ndarray,
+    ds: Dataset,
+    index: int,
+    photometric: str,
+    notes: list[str],
+    window: tuple[float, float] | None = None,
 ) -> np.ndarray:
-    """Modality LUT, then VOI (LUT, window, or percentile window), then MONOCHROME1 inversion."""
+    """Modality LUT, then VOI (LUT, window, or percentile window), then MONOCHROME1 inversion.
+
+    A requested ``window`` (centre, width) replaces the file's VOI LUT and window.
+    """
     view = _frame_view(ds, index)
     values = arr if arr.dtype.kind == "f" else apply_modality_lut(arr, view)
-    out = _dicom_voi_lut(values, view, notes)
+    out = None
+    if window is not None:
+        view = Dataset()
+        view.WindowCenter, view.WindowWidth = float(window[0]), float(window[1])
+        out = _dicom_window(values, view, [])
+        notes.append(f"Window requested: centre {window[0]:g}, width {window[1]:g}.")
+    if out is None:
+        out = _dicom_voi_lut(values, view, notes)
     if out is None:
         out = _dicom_window(values, view, notes)
     if out is None:

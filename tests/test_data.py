@@ -55,6 +55,24 @@ SOURCE_SHAPES = {
     "ihc_skimage": (512, 512),
     "cell_skimage": (660, 550),
     "mri_ch2": (181, 217, 181),
+    "ct_head2": (512, 512),
+    "ct_small": (128, 128),
+    "cbct_head": (64, 512, 512),
+    "us_doppler": (480, 640),
+    "us_palette": (350, 800),
+    "us_rgb": (240, 320),
+    "us_ybr": (240, 320),
+    "nm_bone": (1024, 256),
+    "fundus": (1411, 1411),
+    "photo_astronaut": (512, 512),
+    "photo_chelsea": (300, 451),
+    "photo_coffee": (400, 600),
+    "photo_rocket": (427, 640),
+    "photo_motorcycle": (500, 741),
+    "photo_hubble": (872, 1000),
+    "photo_camera": (512, 512),
+    "photo_moon": (512, 512),
+    "photo_coins": (303, 384),
 }
 
 
@@ -64,14 +82,9 @@ def plan_from_shape(source: Source, shape: tuple[int, ...]) -> list[TileSpec]:
         return volume_slices(
             shape, source.layout, axis=source.axis, gap=VOLUME_GAP, steps={"val": 2, "test": 2}
         )
-    if source.kind == "whole":
-        return data.whole_tiles(shape, source.split, tile=TILE, prefix=source.key)
-    specs = []
-    for band in plan_bands(shape[source.axis], source.layout, unit=TILE, gap=GAP):
-        specs += band_tiles(
-            band, shape[1 - source.axis], tile=TILE, axis=source.axis, prefix=source.key
-        )
-    return specs
+    if source.kind == "series":
+        return data.series_specs(source, shape[0], shape[1:])
+    return data.image_specs(source, shape, source.key)
 
 
 # --- plan_bands, grid_starts ------------------------------------------------------------------
@@ -177,13 +190,15 @@ def test_every_configured_source_keeps_splits_apart(source):
     shape = SOURCE_SHAPES[source.key]
     specs = plan_from_shape(source, shape)
     assert specs
-    gap = VOLUME_GAP if source.kind == "volume" else GAP
+    gap = VOLUME_GAP if source.kind in ("volume", "series") else GAP
     assert find_leaks(specs, min_gap=gap) == []
     for spec in specs:  # every tile lies inside the source
         assert all(0 <= a < b <= n for (a, b), n in zip(spec.box, shape, strict=True))
         if spec.split == "test" and source.kind != "volume":
-            (y0, y1), (x0, x1) = spec.box
-            assert min(y1 - y0, x1 - x0) >= TILE
+            (y0, y1), (x0, x1) = spec.box[-2:]
+            # a tile, or a whole image smaller than one (kept whole, at least MIN_SLICE_SIDE)
+            assert min(y1 - y0, x1 - x0) >= min(TILE, *shape[-2:], data.MIN_SLICE_SIDE)
+            assert min(y1 - y0, x1 - x0) >= data.MIN_SLICE_SIDE
 
 
 def test_volume_slabs_cut_across_only_in_the_thick_train_slab():
@@ -264,14 +279,24 @@ def test_to_rgb8_rounds_clips_and_repeats_grey():
         to_rgb8(np.zeros((2, 2, 4), np.float32))
 
 
-def test_windows_map_to_unit_range():
-    values = np.linspace(-1000, 3000, 101, dtype=np.float32)
-    low, high = data.percentile_window(values, 0.5, 99.5)
-    out = data.apply_window(values, low, high)
-    assert out.dtype == np.float32 and out.min() == 0.0 and out.max() == 1.0
-    assert data.apply_window(np.array([40.0]), -10.0, 90.0)[0] == pytest.approx(0.5)
-    low, high = data.percentile_window(np.full(10, 7.0), 0.5, 99.5)
-    assert high > low  # a constant image still gives a usable window
+def test_ct_windows_render_through_dpe_io(tmp_path):
+    """Tiles of raw-intensity sources come through dpe.io.load_image's window, nowhere else."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("CT_small.dcm")
+    hu = pydicom.pixels.apply_modality_lut(pydicom.dcmread(path).pixel_array, pydicom.dcmread(path))
+    from dpe.io import load_image
+
+    for name, (centre, width) in data.CT_WINDOWS.items():
+        view, how = data.load_view(path, name)
+        assert view.ndim == 2 and how.startswith(f"{name} window")
+        assert np.array_equal(view, load_image(path, window=(centre, width)).image[..., 0])
+        below, above = hu <= centre - width / 2 - 1, hu >= centre + width / 2
+        assert (view[below] == 0).all() and (view[above] == 1).all()
+    with pytest.raises(ValueError, match="grayscale DICOM"):
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "a.png")
+        load_image(tmp_path / "a.png", window=(40, 80))
 
 
 # --- build end to end on synthetic sources: layout, manifest, determinism -------------------
@@ -394,9 +419,9 @@ def test_summary_table_counts_split_by_modality():
         {"split": "train", "modality": "dermatology", "width": "32", "height": "32"},
     ]
     table = data.summary_table(rows).splitlines()
-    assert table[2] == "| train | 0 | 1 | 0 | 1 |"
-    assert table[4] == "| test | 2 | 0 | 0 | 2 |"
-    assert table[5] == f"| test >= {TILE}^2 | 1 | 0 | 0 | 1 |"
+    assert table[2] == "| train | 0 | 1 | 0 | 0 | 1 |"
+    assert table[4] == "| test | 2 | 0 | 0 | 0 | 2 |"
+    assert table[5] == f"| test >= {TILE}^2 | 1 | 0 | 0 | 0 | 1 |"
 
 
 def test_cli_rejects_unknown_source(capsys):
@@ -447,3 +472,19 @@ def test_example_images_open():
         ds = pydicom.dcmread(p)
         assert ds.pixel_array.shape == (ds.Rows, ds.Columns)
         assert "DERIVED" in ds.ImageType
+
+
+def test_every_modality_has_train_val_and_test_sources():
+    planned = {
+        (spec.split, source.modality)
+        for source in data.SOURCES
+        for spec in (
+            [data.TileSpec(source.split, None, "", "")]
+            if source.kind == "patches"
+            else plan_from_shape(source, SOURCE_SHAPES[source.key])
+        )
+    }
+    for modality in data.MODALITIES:
+        for split in data.SPLITS:
+            assert (split, modality) in planned, (split, modality)
+    assert {s for s, m in planned if m in data.AUXILIARY} == {"train"}
