@@ -1,7 +1,8 @@
 """The app in a real browser: Playwright driving Debian's Chromium against a served app.
 
-Needs ``pip install playwright`` and ``apt-get install chromium`` (Playwright's own browser
-download is not used). Nothing here skips: without them these tests fail, as CI should.
+Needs ``pip install playwright`` and Debian's ``apt-get install -y chromium`` (Playwright's own
+browser download is not used). Nothing here skips: without them these tests error, saying what
+to install, as CI should.
 
 The study is three fast reference methods on two tiny images, so every screen is quick. One
 rater session (module fixture) is driven once; the blinding and export tests check what it saw
@@ -86,10 +87,28 @@ def server(tmp_path_factory):
             }
 
 
+def chromium_path() -> str:
+    """Debian's Chromium, or a failure that says how to install it (an error, never a skip)."""
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(
+            f"{CHROMIUM} is missing: the browser tests need Debian's chromium. "
+            "Install Debian's chromium: apt-get install -y chromium",
+            pytrace=False,
+        )
+    return CHROMIUM
+
+
+def test_missing_chromium_says_how_to_install_it(monkeypatch, tmp_path):
+    monkeypatch.setattr(f"{__name__}.CHROMIUM", str(tmp_path / "no-chromium"))
+    with pytest.raises(pytest.fail.Exception, match="apt-get install -y chromium"):
+        chromium_path()
+
+
 @pytest.fixture(scope="module")
 def browser():
+    executable = chromium_path()
     with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        chromium = pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()
 
