@@ -102,7 +102,7 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
         try:
             loaded = dpe.load_image(path)
             start = time.perf_counter()
-            result = method.enhance(loaded.image)
+            result = method.enhance(loaded.image, gray=loaded.gray)
             seconds = time.perf_counter() - start
         except ValueError as exc:
             tqdm.write(f"skipped {_shown(path)}: {exc}", file=sys.stderr)
@@ -140,7 +140,9 @@ def _cmd_degrade(args: argparse.Namespace) -> int:
         # Each file its own draw, keyed as dpe.evaluate keys it: a folder degraded once is a
         # sample of the preset, and the same seed and relative path give the same twin.
         rng = image_seed(args.seed, rel.as_posix())
-        low, params = dpe.degrade(loaded.image, args.preset, seed=rng, return_params=True)
+        low, params = dpe.degrade(
+            loaded.image, args.preset, seed=rng, gray=loaded.gray, return_params=True
+        )
         target.parent.mkdir(parents=True, exist_ok=True)
         dpe.save_image(low, target, bits=args.bits or (16 if loaded.bit_depth > 8 else 8))
         written[target] = path

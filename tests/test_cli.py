@@ -176,8 +176,8 @@ def test_degrade_draws_for_each_file_as_evaluate_does(tmp_path):
     assert "each file draws its own" in " ".join(help_text.split())
     # The twin is the one dpe.evaluate scores against: seed and relative path, nothing else.
     for rel in ("a.png", "copy2.png", "sub/b.jpg"):
-        image = dpe.load_image(clean / rel).image
-        expected = degraded_twin(image, rel, preset="paper", seed=0)
+        source = dpe.load_image(clean / rel)
+        expected = degraded_twin(source.image, rel, preset="paper", seed=0, gray=source.gray)
         stem = Path(rel).with_name(Path(rel).stem + "_paper_s0.png")
         written = dpe.load_image(tmp_path / "low" / stem).image
         assert np.abs(written - expected).max() <= 0.5 / 255 + 1e-6, rel
