@@ -411,7 +411,7 @@ class Example:
     title: str
 
 
-MODALITY_ORDER = ("radiology", "dermatology", "microscopy")
+MODALITY_ORDER = ("radiology", "dermatology", "microscopy", "ophthalmology")
 
 
 def example_images(root: str | os.PathLike) -> list[Example]:

@@ -135,10 +135,12 @@ def test_prune_old_removes_only_old_folders(tmp_path):
     assert demo.prune_old(tmp_path / "missing", 600) == 0
 
 
-def test_examples_cover_three_modalities_and_load():
+def test_examples_cover_every_modality_and_load():
+    from dpe.data import MODALITIES
+
     examples = demo.example_images(Path(__file__).parent.parent / "examples")
     assert [e.modality for e in examples][0] == "radiology"
-    assert {e.modality for e in examples} == {"radiology", "dermatology", "microscopy"}
+    assert {e.modality for e in examples} == set(MODALITIES)
     assert any(e.path.suffix == ".dcm" for e in examples)
     for e in examples:
         thumb = demo.thumbnail(e.path, size=64)
