@@ -65,7 +65,7 @@ class CheckedMethod:
         if not np.isfinite(out).all():
             raise MethodOutputError(f"method {self.name!r} returned NaN or infinite values.")
         out = np.clip(out, 0.0, 1.0).astype(np.float32, copy=False)
-        if is_gray(image) if gray is None else gray:
+        if (is_gray(image) if gray is None else gray) and not is_gray(out):
             # Methods are not colour-symmetric (nets, LIME's max-channel map); a gray source
             # must not come back tinted, or a rater could tell the method by its colour.
             out = np.repeat(out.mean(axis=2, keepdims=True), 3, axis=2)
