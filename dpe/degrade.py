@@ -3,7 +3,8 @@
 ``paper`` reproduces the official DPE training code: ColorJitter-style brightness and contrast
 with factors drawn from [0.1, 0.8] in random order, then faint non-negative noise.
 ``clinical`` goes beyond the paper: mild optical blur, the same photometric loss, then sensor
-noise (Poisson shot noise plus zero-mean Gaussian read noise).
+noise (Poisson shot noise plus zero-mean Gaussian read noise). ``mild`` is ``paper`` with factors
+from [0.6, 1.0]: images that are only a little off, which an enhancer must not overcorrect.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from scipy.ndimage import gaussian_filter
 
 from dpe._image import as_rgb_float, is_gray
 
-PRESETS = ("paper", "clinical")
+PRESETS = ("paper", "clinical", "mild")
 
 FACTOR_RANGE = (0.1, 0.8)  # brightness and contrast factors (official code: ColorJitter)
+MILD_FACTOR_RANGE = (0.6, 1.0)  # "mild": a slightly dim, slightly flat acquisition
 # Noise amplitude is drawn on the [-1, 1] scale as U[0, 0.1**1.5]; on [0, 1] that halves.
 PAPER_SIGMA_MAX = 0.1**1.5
 CLINICAL_BLUR_SIGMA = (0.0, 1.0)  # pixels
@@ -55,8 +57,9 @@ def degrade(
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     gray = is_gray(image) if gray is None else bool(gray)
     source = image[..., :1] if gray else image
-    if preset == "paper":
-        out, params = _paper(source, rng)
+    if preset in ("paper", "mild"):
+        factors = FACTOR_RANGE if preset == "paper" else MILD_FACTOR_RANGE
+        out, params = _paper(source, rng, factors)
     else:
         out, params = _clinical(source, rng)
     out = np.clip(out, 0.0, 1.0).astype(np.float32)
@@ -66,9 +69,11 @@ def degrade(
     return (out, params) if return_params else out
 
 
-def _photometric(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
-    brightness = float(rng.uniform(*FACTOR_RANGE))
-    contrast = float(rng.uniform(*FACTOR_RANGE))
+def _photometric(
+    image: np.ndarray, rng: np.random.Generator, factors: tuple[float, float] = FACTOR_RANGE
+) -> tuple[np.ndarray, dict]:
+    brightness = float(rng.uniform(*factors))
+    contrast = float(rng.uniform(*factors))
     order = ["brightness", "contrast"]
     if rng.random() < 0.5:  # ColorJitter applies its transforms in a random permutation
         order.reverse()
@@ -83,8 +88,10 @@ def _photometric(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarra
     return out, {"brightness": brightness, "contrast": contrast, "order": order}
 
 
-def _paper(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
-    out, params = _photometric(image, rng)
+def _paper(
+    image: np.ndarray, rng: np.random.Generator, factors: tuple[float, float] = FACTOR_RANGE
+) -> tuple[np.ndarray, dict]:
+    out, params = _photometric(image, rng, factors)
     sigma = float(rng.uniform(0.0, PAPER_SIGMA_MAX))
     # u * sigma with u ~ U[0, 1) per value, added on [-1, 1]: half that on [0, 1]
     noise = rng.random(out.shape, dtype=np.float32) * (sigma / 2)

@@ -15,6 +15,7 @@ ARCHITECTURES = {
     "retinexnet": ("dpe.nets.retinexnet", "RetinexNet", "RetinexNetConfig"),
     "dran": ("dpe.nets.dran", "DRAN", "DRANConfig"),
     "dpeg": ("dpe.nets.dpeg", "DPEG", "DPEGConfig"),
+    "dpeg2": ("dpe.nets.dpeg2", "DPEG2", "DPEG2Config"),
 }
 
 

@@ -1,0 +1,146 @@
+"""DPE-G v2: a learned global exposure correction, then DPENet as a zero-initialised residual.
+
+What the first DPE-G taught (README, model card): the degradations this project undoes are
+nearly an affine intensity map per image (brightness, then a blend toward the mean) plus weak
+noise, so global exposure is most of the error, and a network that leaves a good image alone
+must *start* by leaving it alone. This version is built so that it does:
+
+1. **Global path**: luminance quantiles (20 levels), mean, spread, the share of black and white
+   pixels and the per-channel mean offsets of a nearest-neighbour subsample of the whole image
+   feed a small MLP that predicts one log-gain and one offset. The correction is
+   ``gain * (x - mean) + mean + offset``, the same for the three channels (the degradation is
+   channel-symmetric), so colour balance is kept and a gray image stays gray. The MLP's last
+   layer starts at zero: an untrained global path is the identity.
+2. **Local path**: the paper's DPENet trunk (same blocks and widths) whose output convolution
+   predicts a residual added to the globally corrected image; that convolution starts at zero,
+   so an untrained local path is the identity too, and no texture exists until evidence for it
+   does.
+
+Start = identity: training pulls away from it only where the data asks. The global path costs
+the same at any size; :meth:`DPEG2.global_params` can be computed once on a whole image and
+passed to every tile.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dpe.nets.dpenet import DPENet, DPENetConfig
+
+SAMPLE = 128  # statistics read at most SAMPLE**2 pixels, subsampled without averaging
+LEVELS = 20  # luminance quantiles
+_LUMA = (0.2989, 0.587, 0.114)  # as dpe.degrade's contrast mean
+N_FEATURES = LEVELS + 2 + 2 + 3
+
+
+@dataclass
+class DPEG2Config:
+    width: int = 64  # the local DPENet's base width (paper: 64)
+    hidden: int = 64  # the global MLP's width
+
+
+def _sample(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, N): every s-th row and column, N about SAMPLE**2 at most."""
+    h, w = x.shape[-2:]
+    s = max(1, int(((h * w) / SAMPLE**2) ** 0.5 + 0.999))
+    return x[..., ::s, ::s].flatten(2)
+
+
+def global_features(x: torch.Tensor) -> torch.Tensor:
+    """(B, N_FEATURES) whole-image statistics of a [0, 1] batch (B, 3, H, W)."""
+    pixels = _sample(x)  # (B, 3, N)
+    luma = (pixels * pixels.new_tensor(_LUMA).view(1, 3, 1)).sum(1)  # (B, N)
+    levels = torch.linspace(0.005, 0.995, LEVELS, device=x.device, dtype=x.dtype)
+    q = torch.quantile(luma, levels, dim=1).T  # (B, LEVELS)
+    mean, std = luma.mean(1, keepdim=True), luma.std(1, keepdim=True)
+    dark = (luma < 0.02).float().mean(1, keepdim=True)
+    bright = (luma > 0.98).float().mean(1, keepdim=True)
+    cast = pixels.mean(2) - mean  # (B, 3): colour, not exposure
+    return torch.cat([q * 2 - 1, mean * 2 - 1, std * 4, dark, bright, cast * 4], dim=1)
+
+
+class GlobalPath(nn.Module):
+    """Whole-image statistics -> (log gain, offset), (B, 2); zero output at initialisation."""
+
+    def __init__(self, hidden: int = 64):
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(N_FEATURES, hidden),
+            nn.GELU(),
+            nn.Linear(hidden, hidden),
+            nn.GELU(),
+            nn.Linear(hidden, 2),
+        )
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(global_features(x))
+
+
+class LocalResidual(DPENet):
+    """DPENet's trunk with a zero-initialised output convolution that predicts a residual."""
+
+    def __init__(self, config: DPENetConfig):
+        super().__init__(config)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        h, w = image.shape[-2:]
+        ph, pw = (-h) % self.multiple, (-w) % self.multiple
+        mode = "reflect" if ph < h and pw < w else "replicate"
+        x = F.pad(image, (0, pw, 0, ph), mode=mode) * 2 - 1
+        feat = self.conv_in(x)
+        skips = []
+        for enc, gate, down in zip(self.enc, self.gates, self.down, strict=True):
+            feat = enc(feat)
+            skips.append(gate(feat))
+            feat = down(feat)
+        feat = self.bottleneck(feat)
+        for i, up in enumerate(self.up):
+            feat = up(feat) + skips[3 - i]
+            if i < 3:
+                feat = self.dec[i](feat)
+        return self.conv_out(feat)[..., :h, :w] / 2  # on the [0, 1] scale
+
+
+class DPEG2(nn.Module):
+    """Maps a [0, 1] image batch (B, 3, H, W) to its enhanced version, same shape and range."""
+
+    multiple = DPENet.multiple
+
+    def __init__(self, config: DPEG2Config | None = None, **kwargs):
+        super().__init__()
+        self.config = config or DPEG2Config(**kwargs)
+        self.glob = GlobalPath(self.config.hidden)
+        self.local = LocalResidual(DPENetConfig(width=self.config.width))
+
+    def config_dict(self) -> dict:
+        return {"arch": "dpeg2", **asdict(self.config)}
+
+    def global_params(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, 3): the image's luminance mean, the log gain and the offset."""
+        luma = (_sample(image) * image.new_tensor(_LUMA).view(1, 3, 1)).sum(1)
+        return torch.cat([luma.mean(1, keepdim=True), self.glob(image)], dim=1)
+
+    @staticmethod
+    def apply_global(image: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        mean, log_gain, offset = (params[:, i].view(-1, 1, 1, 1) for i in range(3))
+        gain = log_gain.clamp(-3.0, 5.0).exp()  # 1/20x to 150x: the degradation's range
+        return ((image - mean) * gain + mean + offset).clamp(0.0, 1.0)
+
+    def forward(
+        self, image: torch.Tensor, params: torch.Tensor | None = None, *, local: bool = True
+    ) -> torch.Tensor:
+        """``params`` from :meth:`global_params` of the whole image, e.g. for tiled runs."""
+        if params is None:
+            params = self.global_params(image)
+        base = self.apply_global(image, params)
+        if not local:
+            return base
+        return (base + self.local(base)).clamp(0.0, 1.0)
