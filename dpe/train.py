@@ -5,11 +5,18 @@
     python -m dpe.train --name dran --arch dran --minutes 60 --resume
     python -m dpe.train --name retinexnet --arch retinexnet --decom-steps 3000 --minutes 60 --resume
     python -m dpe.train --name dpe-g --arch dpeg --init-from weights/dpe.safetensors --minutes 60
+    python -m dpe.train --name dpe-g --arch dpeg2 --init-from out/cand-g/dpe-g.safetensors \
+        --freeze-global --no-adversarial --clean-frac 0.2 --mild-frac 0.2 --select worst
 
 ``--arch`` picks the network and, with it, its paper's loss and Adam settings: DPENet (L1 +
 feature + adversarial, the default), DRAN (plain L1) or RetinexNet. DPE-G (``dpeg``, DPENet plus
 a global path, see ``dpe.nets.dpeg``) trains with DPE's objective; ``--init-from`` a DPENet
-file starts its local path from those weights. RetinexNet trains in two
+file starts its local path from those weights. DPE-G v2 (``dpeg2``, ``dpe.nets.dpeg2``) trains in
+two stages: its global path with ``python -m dpe.train_global``, then its local residual here
+from that file (``--freeze-global``); each patch is cut from its whole degraded tile, whose global
+correction it uses, as at inference. ``--clean-frac`` and ``--mild-frac`` mix in undegraded and
+mildly degraded patches; ``--select worst`` exports the step whose worst per-group validation
+mean, over degraded *and* clean inputs, is best. RetinexNet trains in two
 stages, as its paper does: the first ``--decom-steps`` steps train the Decom-Net alone with the
 decomposition loss; the later ones freeze it and train the Enhance-Net with the relight loss.
 Its output means nothing before the relight stage, so it is validated (and exported) only then.
@@ -39,7 +46,7 @@ import platform
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -60,12 +67,14 @@ BALANCE = ("group", "source")
 ADAM = {
     "dpenet": (5e-4, 0.9, 0.99),  # DPE paper
     "dpeg": (5e-4, 0.9, 0.99),  # DPE-G: DPENet plus a global path, trained as DPE
+    "dpeg2": (2e-4, 0.9, 0.99),  # DPE-G v2's local stage: a residual from zero, gently
     "retinexnet": (1e-3, 0.9, 0.999),  # RetinexNet's code: 1e-3 (TensorFlow's default betas)
     "dran": (1e-3, 0.5, 0.99),  # DRAN paper
 }
 
 # Architectures trained with DPE's own objective (the others use their papers' losses)
-DPE_ARCHS = ("dpenet", "dpeg")
+DPE_ARCHS = ("dpenet", "dpeg", "dpeg2")
+SELECT = ("mean", "worst")
 
 # Command-line help for each TrainConfig field; the flags are generated from the dataclass.
 HELP = {
@@ -87,6 +96,11 @@ HELP = {
     "balance": "draw patches with equal odds per modality ('group'), or per modality and then "
     "per source image within it ('source', needs the data's manifest.csv)",
     "batch_size": "patches per step",
+    "clean_frac": "fraction of patches left undegraded (the model must leave them alone)",
+    "mild_frac": "fraction of patches degraded with the 'mild' preset instead of --preset",
+    "select": "export the step with the best 'mean' validation PSNR, or the best 'worst' "
+    "per-group mean over degraded and clean validation inputs",
+    "freeze_global": "dpeg2: keep the global path as --init-from gave it (train the local one)",
     **{
         name: f"Adam {name}; unset: the arch's ("
         + ", ".join(f"{arch} {values[i]:g}" for arch, values in ADAM.items())
@@ -131,6 +145,10 @@ class TrainConfig:
     crop: int = 64  # the paper trains on 128; 64 is about 4x cheaper on a CPU
     whole_frac: float = 0.5  # crops alone cannot show the global brightness/contrast loss
     balance: str = "group"  # "group" | "source"
+    clean_frac: float = 0.0  # clean -> clean pairs
+    mild_frac: float = 0.0  # pairs degraded with the "mild" preset
+    select: str = "mean"  # "mean" | "worst": which validation score picks the exported step
+    freeze_global: bool = False
     ema: float = 0.0  # weight averaging for validation and export; 0 = off
     batch_size: int = 8
     # optimiser: Adam, as each paper; None takes the arch's value from ADAM
@@ -174,6 +192,12 @@ class TrainConfig:
             raise ValueError(f"whole_frac must be in [0, 1]; got {self.whole_frac}.")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"ema must be in [0, 1); got {self.ema}.")
+        if not (
+            0 <= self.clean_frac and 0 <= self.mild_frac and self.clean_frac + self.mild_frac <= 1
+        ):
+            raise ValueError("clean_frac and mild_frac must be >= 0 and sum to at most 1.")
+        if self.select not in SELECT:
+            raise ValueError(f"select must be one of {SELECT}; got {self.select!r}.")
         if self.balance not in BALANCE:
             raise ValueError(f"balance must be one of {BALANCE}; got {self.balance!r}.")
         if self.batch_size < 1 or self.eval_every < 1:
@@ -208,10 +232,10 @@ class TrainConfig:
 # numbers comparable across invocations. Everything else may change when resuming.
 FIXED_ON_RESUME = (
     "arch", "width", "decom_steps", "pixel", "feature", "adversarial", "adversarial_weight",
-    "feature_weight", "preset", "seed", "val_images", "val_size", "data",
+    "feature_weight", "preset", "seed", "val_images", "val_size", "data", "select",
 )  # fmt: skip
 # What a checkpoint written before a field existed meant by it
-OLD_CHECKPOINT_DEFAULTS = {"arch": "dpenet", "decom_steps": 0}
+OLD_CHECKPOINT_DEFAULTS = {"arch": "dpenet", "decom_steps": 0, "select": "mean"}
 
 
 def get_lr(step: int, config: TrainConfig) -> float:
@@ -309,10 +333,11 @@ def sample_patch(tile: np.ndarray, crop: int, whole: bool, rng: np.random.Genera
 
 def sample_batch(
     tiles: Tiles, config: TrainConfig, rng: np.random.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(low, clean) float tensors (B, 3, crop, crop); groups, then sources, drawn equally often."""
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """(low, clean) float tensors (B, 3, crop, crop) and, for dpeg2, each patch's whole degraded
+    tile (1, 3, H, W); groups, then sources, drawn equally often."""
     groups = sorted(tiles)
-    lows, cleans = [], []
+    lows, cleans, wholes = [], [], []
     for _ in range(config.batch_size):
         # Equal odds per group: one modality with many small tiles must not crowd out the others;
         # the same within a group when tiles are keyed by source (2,926 PH2 patches against the
@@ -321,10 +346,44 @@ def sample_batch(
         names = sorted(sources)
         group = sources[names[rng.integers(len(names))]] if len(names) > 1 else sources[names[0]]
         tile = group[rng.integers(len(group))]
-        clean = sample_patch(tile, config.crop, rng.random() < config.whole_frac, rng)
+        preset = _draw_preset(config, rng)
+        if config.arch == "dpeg2":
+            low, clean, whole = _crop_of_degraded_tile(tile, config.crop, preset, rng)
+            wholes.append(torch.from_numpy(whole).permute(2, 0, 1)[None])
+        else:
+            clean = sample_patch(tile, config.crop, rng.random() < config.whole_frac, rng)
+            low = clean if preset is None else degrade(clean, preset, rng)
         cleans.append(clean)
-        lows.append(degrade(clean, config.preset, rng))
-    return _to_batch(lows), _to_batch(cleans)
+        lows.append(low)
+    return _to_batch(lows), _to_batch(cleans), wholes
+
+
+def _draw_preset(config: TrainConfig, rng: np.random.Generator) -> str | None:
+    """The preset for one patch: None (clean), "mild", or ``config.preset``."""
+    if not config.clean_frac and not config.mild_frac:
+        return config.preset  # no draw: runs without clean or mild pairs replay exactly
+    u = rng.random()
+    if u < config.clean_frac:
+        return None
+    return "mild" if u < config.clean_frac + config.mild_frac else config.preset
+
+
+def _crop_of_degraded_tile(tile: np.ndarray, crop: int, preset: str | None, rng):
+    """DPE-G v2: degrade the whole tile (as a real acquisition is), then crop low and clean.
+
+    The whole degraded tile is returned too: the model reads its global correction from the
+    whole image at inference, so training does the same.
+    """
+    image = tile.astype(np.float32) / 255
+    image = np.rot90(image, k=int(rng.integers(4)))
+    image = np.ascontiguousarray(image[:, ::-1] if rng.random() < 0.5 else image)
+    if min(image.shape[:2]) < crop:
+        image = _resize(image, crop)
+    whole = image if preset is None else degrade(image, preset, rng)
+    h, w = image.shape[:2]
+    y, x = rng.integers(0, h - crop + 1), rng.integers(0, w - crop + 1)
+    box = (slice(y, y + crop), slice(x, x + crop))
+    return np.ascontiguousarray(whole[box]), np.ascontiguousarray(image[box]), whole
 
 
 def _to_batch(images: list[np.ndarray]) -> torch.Tensor:
@@ -337,6 +396,7 @@ class ValidationSet:
     clean: list[np.ndarray]  # (H, W, 3) each
     names: list[str]
     input_psnr: float  # mean PSNR of the degraded inputs: what "no enhancement" scores
+    groups: list[str] = field(default_factory=list)  # "<group>" or "<group>/clean" each
 
 
 def load_validation(folder: str | Path, config: TrainConfig) -> ValidationSet:
@@ -358,7 +418,7 @@ def load_validation(folder: str | Path, config: TrainConfig) -> ValidationSet:
         items = by_group[group]
         picks = np.linspace(0, len(items) - 1, min(quota, len(items))).round().astype(int)
         chosen += [items[i] for i in picks]
-    low, clean, names, scores = [], [], [], []
+    low, clean, names, scores, groups = [], [], [], [], []
     for item in chosen:
         image = load_image(item.path).image
         h, w = image.shape[:2]
@@ -369,22 +429,34 @@ def load_validation(folder: str | Path, config: TrainConfig) -> ValidationSet:
         low.append(torch.from_numpy(degraded).permute(2, 0, 1)[None].contiguous())
         clean.append(image)
         names.append(item.relpath)
+        groups.append(item.group)
         scores.append(psnr(image, degraded))
-    return ValidationSet(low, clean, names, float(np.mean(scores)))
+    val = ValidationSet(low, clean, names, float(np.mean(scores)), groups)
+    if config.select == "worst":  # the clean images too: a step that alters them must lose
+        for image, name, group in zip(list(val.clean), list(names), list(groups), strict=True):
+            val.low.append(torch.from_numpy(image).permute(2, 0, 1)[None].contiguous())
+            val.clean.append(image)
+            val.names.append(name)
+            val.groups.append(f"{group}/clean")
+    return val
 
 
 @torch.no_grad()
-def validate(model: nn.Module, val: ValidationSet) -> float:
-    """Mean PSNR (dB) of the model's output over the validation set."""
+def validate(model: nn.Module, val: ValidationSet, select: str = "mean") -> float:
+    """Mean PSNR (dB) of the model's output over the validation set, or with ``"worst"`` the
+    lowest of the per-group means (clean inputs capped at 60 dB, a group of their own)."""
     from dpe.metrics import psnr
 
     model.eval()
-    scores = []
-    for low, clean in zip(val.low, val.clean, strict=True):
+    scores: dict[str, list[float]] = {}
+    groups = val.groups or ["all"] * len(val.low)
+    for low, clean, group in zip(val.low, val.clean, groups, strict=True):
         out = model(low)[0].permute(1, 2, 0).clamp(0, 1).numpy()  # (H, W, 3)
-        scores.append(psnr(clean, out))
+        scores.setdefault(group, []).append(min(psnr(clean, out), 60.0))
     model.train()
-    return float(np.mean(scores))
+    if select == "worst":
+        return float(min(np.mean(v) for v in scores.values()))
+    return float(np.mean([x for v in scores.values() for x in v]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -402,8 +474,12 @@ def train_step(
     *,
     lr: float,
     labels: torch.Generator | None = None,
+    params: torch.Tensor | None = None,
 ) -> dict[str, float]:
-    """One discriminator step (if there is one), then one generator step; returns the losses."""
+    """One discriminator step (if there is one), then one generator step; returns the losses.
+
+    ``params``: DPE-G v2's global correction, read from each patch's whole degraded tile.
+    """
     for opt in (opt_g, opt_d):
         if opt is not None:
             for group in opt.param_groups:
@@ -412,7 +488,7 @@ def train_step(
     if isinstance(loss_fn, RetinexLoss):  # it runs the model: it needs the decomposition
         g_loss, terms = loss_fn(model, low, clean)
     else:
-        out = model(low)  # (B, 3, H, W)
+        out = model(low) if params is None else model(low, params=params)  # (B, 3, H, W)
         if disc is not None:
             disc.requires_grad_(True)
             opt_d.zero_grad(set_to_none=True)
@@ -573,6 +649,8 @@ def train(config: TrainConfig, *, command: str = "") -> dict:
         if checkpoint is not None and checkpoint.get("ema") is not None:
             ema.load_state_dict(checkpoint["ema"])
     lr, *betas = config.adam()
+    if config.freeze_global:
+        model.glob.requires_grad_(False)  # dpeg2's local stage: the global path stays put
     opt_g = torch.optim.Adam(model.parameters(), lr=lr, betas=tuple(betas))
     disc = opt_d = None
     if config.adversarial:
@@ -650,7 +728,7 @@ def train(config: TrainConfig, *, command: str = "") -> dict:
 
     def run_validation() -> None:
         nonlocal best, best_step
-        score = validate(ema if ema is not None else model, val)
+        score = validate(ema if ema is not None else model, val, config.select)
         history.append([step, score])
         improved = score > best
         if improved:  # a scratch run's step-0 score becomes the bar to beat, nothing is exported
@@ -703,7 +781,10 @@ def train(config: TrainConfig, *, command: str = "") -> dict:
         while not _Stop.requested and time.monotonic() < deadline:
             if config.steps is not None and step >= config.steps:
                 break
-            low, clean = sample_batch(tiles, config, rng)
+            low, clean, wholes = sample_batch(tiles, config, rng)
+            params = None
+            if wholes:  # dpeg2: each patch's correction from its whole degraded tile
+                params = torch.cat([model.global_params(w) for w in wholes])
             stats = train_step(
                 model,
                 disc,
@@ -714,6 +795,7 @@ def train(config: TrainConfig, *, command: str = "") -> dict:
                 clean,
                 lr=get_lr(step, config),
                 labels=labels,
+                params=params,
             )
             if ema is not None:
                 update_ema(ema, model, config.ema)

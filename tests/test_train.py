@@ -334,7 +334,7 @@ def test_balance_by_source_gives_a_one_tile_source_equal_odds(tmp_path):
     bright = {}
     for by_source in (False, True):
         tiles = load_tiles(folder, by_source=by_source)
-        _, clean = sample_batch(tiles, config, np.random.default_rng(0))
+        _, clean, _ = sample_batch(tiles, config, np.random.default_rng(0))
         bright[by_source] = float((clean.mean((1, 2, 3)) > 0.5).float().mean())
     assert sorted(load_tiles(folder, by_source=True)["skin"]) == ["patches", "photo"]
     assert abs(bright[False] - 1 / 7) < 0.06  # per tile: the photo is one draw in seven
@@ -390,3 +390,43 @@ def test_ema_run_validates_and_exports_the_average_and_resumes_exactly(tiny_data
     assert validate(net, val) == pytest.approx(reference["history"][-1][1], abs=1e-4)
     with pytest.raises(ValueError, match="ema must be in"):
         TrainConfig(ema=1.0)
+
+
+def test_dpeg2_local_stage_keeps_the_frozen_global_path_and_selects_by_the_worst_group(
+    tiny_data,
+):
+    torch.manual_seed(0)
+    start = build_net({"arch": "dpeg2", "width": 8})
+    with torch.no_grad():
+        start.glob.mlp[-1].bias.copy_(torch.tensor([0.3, 0.01]))
+    init = tiny_data / "start.safetensors"
+    export_weights(start, init, steps=7)
+    main(
+        _args(
+            tiny_data, "--arch", "dpeg2", "--init-from", str(init), "--freeze-global",
+            "--no-adversarial", "--no-feature", "--clean-frac", "0.5", "--mild-frac", "0.25",
+            "--select", "worst", "--steps", "11",
+        )
+    )  # fmt: skip
+    ckpt = torch.load(tiny_data / "ckpt" / "tiny.pt", weights_only=True)
+    assert ckpt["model_config"]["arch"] == "dpeg2" and ckpt["step"] == 11
+    for key, value in load_weights(init)[0].items():  # as loaded: fp16-rounded
+        moved = not torch.equal(ckpt["model"][key], value)
+        assert moved == key.startswith("local."), key  # global frozen; the local path learned
+    assert ckpt["config"]["select"] == "worst"
+
+
+def test_worst_group_validation_counts_clean_inputs(tiny_data):
+    from dpe.train import load_validation, validate
+
+    config = TrainConfig(data=str(tiny_data / "data"), select="worst", val_size=32)
+    val = load_validation(tiny_data / "data" / "val", config)
+    assert sorted(val.groups) == ["cells", "cells/clean", "xray", "xray/clean"]
+
+    class Darken(torch.nn.Module):
+        def forward(self, x):
+            return x * 0.5
+
+    # the identity scores 60 dB (capped) on clean inputs; darkening drags the worst group down
+    assert validate(Darken(), val, "worst") < validate(torch.nn.Identity(), val, "worst") + 1e-6
+    assert validate(Darken(), val, "worst") < validate(Darken(), val, "mean")
