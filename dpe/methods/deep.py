@@ -84,11 +84,14 @@ class TorchMethod:
         self._lock = threading.Lock()  # torch intra-op threads are shared; run one at a time
 
     @classmethod
-    def from_weights(cls, name: str, label: str, weights: str | None = None) -> TorchMethod:
+    def from_weights(cls, name: str, weights: str | None = None) -> TorchMethod:
+        """The registered method ``name`` (its label from the registry) with its weights."""
+        from dpe.methods import method_info
+
         state, config, _ = load_weights(resolve_weights(weights or name))
         net = build_net(config)
         net.load_state_dict(state, strict=True)  # a renamed or missing key is an error
-        return cls(name, label, net)
+        return cls(name, method_info(name)["label"], net)
 
     @staticmethod
     def _tensor(image: np.ndarray) -> torch.Tensor:
@@ -125,31 +128,35 @@ class TorchMethod:
         return out  # dpe.methods.CheckedMethod keeps a grayscale source gray
 
 
-@register_method("dpe", label="DPE (paper)", kind="deep", weights="dpe")
+@register_method("dpe", label="DPE (paper reproduction)", kind="deep", weights="dpe")
 def dpe(**kwargs) -> TorchMethod:
     """DPENet at the paper's width (64), trained with the paper's objective."""
-    return TorchMethod.from_weights("dpe", "DPE (paper)", **kwargs)
+    return TorchMethod.from_weights("dpe", **kwargs)
 
 
-@register_method("dpe-s", label="DPE small", kind="deep", weights="dpe-s")
+@register_method("dpe-s", label="DPE small (paper network, width 32)", kind="deep", weights="dpe-s")
 def dpe_s(**kwargs) -> TorchMethod:
     """DPENet at width 32: about 4x cheaper than the paper's width."""
-    return TorchMethod.from_weights("dpe-s", "DPE small", **kwargs)
+    return TorchMethod.from_weights("dpe-s", **kwargs)
 
 
-@register_method("dpe-g", label="DPE-G (global + local)", kind="deep", weights="dpe-g")
+@register_method(
+    "dpe-g", label="DPE-G (global exposure + local detail)", kind="deep", weights="dpe-g"
+)
 def dpe_g(**kwargs) -> TorchMethod:
-    """DPENet plus a global path that sees the whole image (beyond the paper; dpe.nets.dpeg)."""
-    return TorchMethod.from_weights("dpe-g", "DPE-G (global + local)", **kwargs)
+    """DPENet plus a global path that sees the whole image (beyond the paper; dpe.nets)."""
+    return TorchMethod.from_weights("dpe-g", **kwargs)
 
 
-@register_method("retinexnet", label="RetinexNet", kind="deep", weights="retinexnet")
+@register_method(
+    "retinexnet", label="RetinexNet (Wei et al. 2018)", kind="deep", weights="retinexnet"
+)
 def retinexnet(**kwargs) -> TorchMethod:
     """RetinexNet (Wei et al., BMVC 2018), without its optional BM3D step."""
-    return TorchMethod.from_weights("retinexnet", "RetinexNet", **kwargs)
+    return TorchMethod.from_weights("retinexnet", **kwargs)
 
 
-@register_method("dran", label="DRAN", kind="deep", weights="dran")
+@register_method("dran", label="DRAN (Sharif et al. 2020)", kind="deep", weights="dran")
 def dran(**kwargs) -> TorchMethod:
     """DRAN (Sharif et al., Mathematics 2020), the residual denoiser."""
-    return TorchMethod.from_weights("dran", "DRAN", **kwargs)
+    return TorchMethod.from_weights("dran", **kwargs)
