@@ -18,16 +18,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 def main() -> None:
@@ -46,9 +36,10 @@ def main() -> None:
 
     import app
     from dpe.methods import method_info
+    from tests.chromium import CHROMIUM, CHROMIUM_ARGS
 
     study_methods = args.study_methods.split(",")
-    study_id, code = _demo_study(app, study_methods)
+    study_id, code = _demo_study(study_methods)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -63,7 +54,7 @@ def main() -> None:
     expect.set_options(timeout=60_000)
     labels = [method_info(m)["label"] for m in args.methods.split(",")]
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
 
         page.goto(url + "/")
@@ -102,26 +93,31 @@ def main() -> None:
     shutil.rmtree(data, ignore_errors=True)
 
 
-def _demo_study(app, methods: list[str]) -> tuple[str, str]:
+def _demo_study(methods: list[str]) -> tuple[str, str]:
     """A study on the example images with a panel of four simulated raters."""
     import numpy as np
 
-    import dpe
     import study
-    from dpe.methods import method_info
+    from study import bridge
+    from webapp import common
 
-    db = app._db()
-    study_id = study.create_study(
-        db,
-        "Example reader study",
-        study.find_images(app.EXAMPLES_DIR),
-        methods,
-        lambda image, method: dpe.enhance(image, method),
-        instructions="Which image would you rather read?",
-        labels={m: method_info(m)["label"] for m in methods},
-        degrade_fn=lambda image, seed: dpe.degrade(image, "paper", seed=seed),
-        read_fn=lambda path: app.dd.prepare(path, limit=0.1).image,
-    )
+    db = common.db()
+    limit = os.environ.get("DPE_MAX_MEGAPIXELS")
+    os.environ["DPE_MAX_MEGAPIXELS"] = "0.1"  # small stimuli: a screenshot needs no more
+    try:
+        study_id = bridge.create_study(
+            db,
+            "Example reader study",
+            bridge.find_images(common.EXAMPLES_DIR),
+            methods,
+            degrade="paper",
+            instructions="Which image would you rather read?",
+        )
+    finally:
+        if limit is None:
+            del os.environ["DPE_MAX_MEGAPIXELS"]
+        else:
+            os.environ["DPE_MAX_MEGAPIXELS"] = limit
     strength = {m: float(n) for n, m in enumerate(methods)}  # later methods preferred
     rng = np.random.default_rng(0)
     for name in ("Dr A", "Dr B", "Dr C", "Dr D"):

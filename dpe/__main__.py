@@ -8,18 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-IMAGE_SUFFIXES = {
-    ".png",
-    ".jpg",
-    ".jpeg",
-    ".bmp",
-    ".webp",
-    ".tif",
-    ".tiff",
-    ".dcm",
-    ".dicom",
-    ".gif",
-}
+from dpe.files import image_files
 
 
 def _shown(path: Path) -> str:
@@ -36,10 +25,7 @@ def _collect(inputs: list[str]) -> list[tuple[Path, Path]]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(
-                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-            )
-            pairs = [(p, p.relative_to(path)) for p in found]
+            pairs = [(p, p.relative_to(path)) for p in image_files(path)]
         elif path.is_file():
             pairs = [(path, Path(path.name))]
         else:

@@ -54,3 +54,8 @@ def is_gray(image: np.ndarray) -> bool:
         np.array_equal(image[..., 0], image[..., 1])
         and np.array_equal(image[..., 1], image[..., 2])
     )
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """A float image in [0, 1] as uint8 for display or an 8-bit file (clipped, rounded)."""
+    return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)

@@ -1,21 +1,16 @@
-"""What the demo does with an upload, as plain functions the app wires to widgets.
+"""What the demo does with an image, as plain functions the web pages wire to widgets.
 
-Kept out of ``app.py`` so it is testable without Gradio: size limiting with a visible note,
-running several methods with their timings, metrics against a clean reference, what the page
-shows of the results, lossless downloads and their folders, discarding uploads, the examples
-gallery, the practice pairs shown to experts before a study and the functions a study is
-built with.
+Pixels only, no Gradio: size limiting with a visible note, running several methods with their
+timings, metrics against a clean reference, what the page shows of the results, lossless
+downloads, the examples gallery and the practice pairs shown to experts before a study.
+Uploads, temporary folders and access live in ``webapp``.
 """
 
 from __future__ import annotations
 
-import collections
 import os
 import re
 import secrets
-import shutil
-import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,11 +19,13 @@ from pathlib import Path
 import numpy as np
 from skimage.transform import resize
 
+from dpe._image import to_uint8
 from dpe.degrade import degrade
+from dpe.files import image_files
 from dpe.io import load_image, save_image
 from dpe.methods import get_method, list_methods, method_info
 from dpe.metrics import compare
-from dpe.weights import WeightsNotFoundError, has_weights
+from dpe.weights import WeightsNotFoundError, has_weights, hub_repo
 
 DEFAULT_MAX_MEGAPIXELS = 2.0
 # progress(done, total, label): told before each method starts (the app passes it to Gradio).
@@ -76,10 +73,12 @@ def run_methods(
     *,
     reference: np.ndarray | None = None,
     progress: Progress | None = None,
+    gray: bool | None = None,
 ) -> list[MethodResult]:
     """Enhance ``image`` with each method; a failing method reports its error, the rest run.
 
-    ``progress(done, total, label)`` is called before each method starts.
+    ``progress(done, total, label)`` is called before each method starts. ``gray`` says
+    whether the source was grayscale (``LoadedImage.gray``; None: decided from the pixels).
     """
     if not methods:
         raise ValueError("Choose at least one method.")
@@ -95,7 +94,7 @@ def run_methods(
             progress(done, len(methods), label)
         start = time.perf_counter()
         try:
-            out = np.clip(get_method(name).enhance(image), 0, 1).astype(np.float32)
+            out = np.clip(get_method(name).enhance(image, gray=gray), 0, 1).astype(np.float32)
         except (ValueError, WeightsNotFoundError) as exc:
             results.append(MethodResult(name, label, None, 0.0, error=str(exc)))
             continue
@@ -105,9 +104,11 @@ def run_methods(
     return results
 
 
-def simulate(clean: np.ndarray, preset: str, seed: int) -> tuple[np.ndarray, dict]:
+def simulate(
+    clean: np.ndarray, preset: str, seed: int, *, gray: bool | None = None
+) -> tuple[np.ndarray, dict]:
     """The paper's experiment: a low-quality twin of ``clean`` and the draws that made it."""
-    return degrade(clean, preset, seed=int(seed), return_params=True)
+    return degrade(clean, preset, seed=int(seed), gray=gray, return_params=True)
 
 
 def available_methods() -> list[tuple[str, str]]:
@@ -116,7 +117,7 @@ def available_methods() -> list[tuple[str, str]]:
     Read on every call, so weights dropped into ``weights/`` show up without a restart. With
     ``DPE_WEIGHTS_REPO`` set, deep methods are offered and their weights fetched on first use.
     """
-    from_hub = bool(os.environ.get("DPE_WEIGHTS_REPO", "").strip())
+    from_hub = bool(hub_repo())
     choices = []
     for name in list_methods():
         info = method_info(name)
@@ -136,12 +137,14 @@ def default_methods(available: list[str]) -> list[str]:
 
 @dataclass
 class Prepared:
-    """An image ready for the methods: pixels at demo size, a name for downloads, notes."""
+    """An image ready for the methods: pixels at demo size, a name for downloads, notes, and
+    whether the source is grayscale (``LoadedImage.gray``)."""
 
     image: np.ndarray
     name: str
     bit_depth: int
     notes: list[str]
+    gray: bool = False
 
 
 def prepare(
@@ -159,7 +162,7 @@ def prepare(
     notes = [f"Loaded **{name}**: {w}×{h}, {kind}."] + list(loaded.notes)
     if note:
         notes.append(note)
-    return Prepared(image, name, int(loaded.bit_depth), notes)
+    return Prepared(image, name, int(loaded.bit_depth), notes, bool(loaded.gray))
 
 
 def safe_stem(filename: str) -> str:
@@ -188,21 +191,22 @@ def enhance_prepared(
     seed: int = 0,
     reference: np.ndarray | None = None,
     progress: Progress | None = None,
+    gray: bool | None = None,
 ) -> Enhanced:
     """Run ``methods`` on ``image``; with ``simulate_preset`` degrade it first and score every
     method against the clean original, else score against ``reference`` when one is given.
-    ``progress`` goes to :func:`run_methods`."""
+    ``progress`` and ``gray`` (a grayscale source) go to :func:`run_methods`."""
     notes = []
     if simulate_preset:
         reference = image
-        image, params = simulate(image, simulate_preset, seed)
+        image, params = simulate(image, simulate_preset, seed, gray=gray)
         notes.append(describe_degradation(params, int(seed)))
     scored = reference  # a reference of another size still gets run_methods' clear error
     if scored is not None and scored.shape == image.shape and min(image.shape[:2]) < 3:
         h, w = image.shape[:2]
         notes.append(f"No metrics: SSIM needs at least 3×3 pixels and the image is {w}×{h}.")
         scored = None
-    results = run_methods(image, list(methods), reference=scored, progress=progress)
+    results = run_methods(image, list(methods), reference=scored, progress=progress, gray=gray)
     input_metrics = compare(scored, image) if scored is not None else {}
     notes += [f"{r.label}: {r.error}" for r in results if r.error]
     return Enhanced(image, results, reference, input_metrics, notes, bool(simulate_preset))
@@ -235,6 +239,7 @@ def enhance_upload(
         seed=seed,
         reference=None if simulate_preset or reference is None else reference.image,
         progress=progress,
+        gray=prepared.gray,
     )
     enhanced.notes[:0] = notes
     return enhanced
@@ -318,90 +323,6 @@ def write_results(
     return paths
 
 
-def prune_old(root: str | os.PathLike, max_age_s: float) -> int:
-    """Delete the folders under ``root`` older than ``max_age_s`` seconds; return how many."""
-    root = Path(root)
-    if not root.is_dir():
-        return 0
-    cutoff = time.time() - max_age_s
-    removed = 0
-    for child in root.iterdir():
-        try:
-            if child.is_dir() and child.stat().st_mtime < cutoff:
-                shutil.rmtree(child, ignore_errors=True)
-                removed += 1
-        except FileNotFoundError:
-            continue  # another request pruned it first
-    return removed
-
-
-def fresh_output_dir(root: str | os.PathLike, max_age_s: float) -> Path:
-    """A new empty folder under ``root`` for one response's files.
-
-    Folders under ``root`` older than ``max_age_s`` seconds are removed first, so files
-    handed out for download do not pile up.
-    """
-    root = Path(root)
-    prune_old(root, max_age_s)
-    root.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=root))
-
-
-# Gradio stores byte-identical uploads at one path (named by their content hash), and an upload
-# is deleted once read: a second visitor sending the same file in the same moment would find it
-# gone. So the last few decoded uploads (at demo size) are kept in memory for a short while.
-RECENT_UPLOADS_KEPT, RECENT_UPLOAD_SECONDS = 4, 120.0
-_recent_uploads: collections.OrderedDict[str, tuple[float, Prepared]] = collections.OrderedDict()
-_recent_lock = threading.Lock()
-
-
-def read_upload(path: str | os.PathLike, upload_root: str | os.PathLike) -> Prepared:
-    """:func:`prepare` an uploaded file, then delete it (see :func:`discard_upload`).
-
-    A file already read and deleted in the last ``RECENT_UPLOAD_SECONDS`` (the same bytes sent
-    by another visitor) is served from memory. Raises `dpe.ImageError` as :func:`prepare` does.
-    """
-    key, now = os.path.realpath(path), time.monotonic()
-    try:
-        with _recent_lock:
-            stale = [k for k, (t, _) in _recent_uploads.items() if now - t > RECENT_UPLOAD_SECONDS]
-            for old in stale:
-                del _recent_uploads[old]
-            recent = _recent_uploads.get(key)
-        if recent is not None and not os.path.exists(path):
-            return recent[1]
-        prepared = prepare(path)
-        with _recent_lock:
-            _recent_uploads[key] = (now, prepared)
-            _recent_uploads.move_to_end(key)
-            while len(_recent_uploads) > RECENT_UPLOADS_KEPT:
-                _recent_uploads.popitem(last=False)
-        return prepared
-    finally:
-        discard_upload(path, upload_root)
-
-
-def discard_upload(path: str | os.PathLike | None, upload_root: str | os.PathLike) -> bool:
-    """Delete an uploaded file once read, with its folder when that is left empty.
-
-    Only files inside ``upload_root`` are touched, never an example or another path a
-    caller sends. Returns whether a file was deleted.
-    """
-    if not path:
-        return False
-    root = Path(upload_root).resolve()
-    file = Path(path).resolve()
-    if root not in file.parents or not file.is_file():
-        return False
-    file.unlink(missing_ok=True)
-    if file.parent != root:
-        try:
-            file.parent.rmdir()  # Gradio keeps each upload in a folder named by its hash
-        except OSError:
-            pass  # not empty
-    return True
-
-
 @dataclass(frozen=True)
 class Example:
     """An image from ``examples/``: its file, modality (the folder) and a readable title."""
@@ -418,9 +339,9 @@ def example_images(root: str | os.PathLike) -> list[Example]:
     """The example images under ``root/<modality>/``, radiology first, then by file name."""
     root = Path(root)
     found = []
-    for path in sorted(root.glob("*/*")):
-        if path.suffix.lower() not in {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm"}:
-            continue
+    for path in image_files(root):
+        if len(path.relative_to(root).parts) != 2:
+            continue  # only root/<modality>/<file>
         modality = path.parent.name
         title = f"{modality.capitalize()}: {path.stem.replace('_', ' ')}"
         found.append(Example(path, modality, title))
@@ -436,11 +357,6 @@ def examples_of(examples: list[Example], modalities: tuple[str, ...]) -> list[Pa
     return [first[m] for m in modalities if m in first]
 
 
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    """A float image in [0, 1] as uint8 for display (clipped, rounded)."""
-    return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
-
-
 def thumbnail(path: str | os.PathLike, size: int = 192) -> np.ndarray:
     """A uint8 preview of an image file, at most ``size`` pixels on its longer side."""
     image = load_image(path).image
@@ -451,25 +367,6 @@ def thumbnail(path: str | os.PathLike, size: int = 192) -> np.ndarray:
             image, (max(1, round(h * scale)), max(1, round(w * scale))), anti_aliasing=True
         )
     return to_uint8(image)
-
-
-def study_functions(preset: str | None = None) -> dict:
-    """Keyword arguments that let ``study.create_study`` make its stimuli with dpe.
-
-    ``enhance_fn`` runs a registered method, ``read_fn`` reads every format the demo reads
-    (fitted to its size limit) and ``degrade_fn`` applies the degradation ``preset`` first;
-    it is None when ``preset`` is None (the images are already low quality).
-    """
-    from dpe import enhance
-
-    def degrade_fn(image: np.ndarray, seed: int) -> np.ndarray:
-        return degrade(image, preset, seed=seed)
-
-    return {
-        "enhance_fn": enhance,
-        "degrade_fn": degrade_fn if preset is not None else None,
-        "read_fn": lambda path: prepare(path).image,
-    }
 
 
 @dataclass(frozen=True)
@@ -495,9 +392,10 @@ def practice_pairs(
     rng = np.random.default_rng(seed)
     pairs = []
     for n, path in enumerate(images):
-        clean, _ = fit_megapixels(load_image(path).image, size * size / 1e6)
-        low = degrade(clean, "paper", seed=seed + n)
-        worse = degrade(clean, "clinical", seed=seed + n + 1000)
+        loaded = load_image(path)
+        clean, _ = fit_megapixels(loaded.image, size * size / 1e6)
+        low = degrade(clean, "paper", seed=seed + n, gray=loaded.gray)
+        worse = degrade(clean, "clinical", seed=seed + n + 1000, gray=loaded.gray)
         good, bad = _write_random(out, clean), _write_random(out, worse)
         left, right = (good, bad) if rng.random() < 0.5 else (bad, good)
         pairs.append(PracticePair(_write_random(out, low), left, right))

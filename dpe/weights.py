@@ -35,12 +35,17 @@ def has_weights(name: str) -> bool:
     return weights_path(name).is_file()
 
 
+def hub_repo() -> str:
+    """The Hub repo named by ``DPE_WEIGHTS_REPO`` that deep weights come from; "" when unset."""
+    return os.environ.get("DPE_WEIGHTS_REPO", "").strip()
+
+
 def resolve_weights(name: str) -> Path:
     """Path to the weights of ``name``: local file, else ``DPE_WEIGHTS_REPO`` on the Hub."""
     local = weights_path(name)
     if local.is_file():
         return local
-    repo = os.environ.get("DPE_WEIGHTS_REPO", "").strip()
+    repo = hub_repo()
     hub_note = "DPE_WEIGHTS_REPO is not set, so the Hub was not asked"
     if repo:
         try:

@@ -1,7 +1,8 @@
 """Blinded pairwise preference studies of enhancement methods: storage, design, analysis, export.
 
 No torch, Gradio or ``dpe`` here: enhancement reaches a study only through the
-``enhance_fn`` passed to :func:`create_study`.
+``enhance_fn`` passed to :func:`create_study`. ``study.bridge`` (imported on its own) is the
+one module that joins the two: it builds a study from image files with ``dpe``'s methods.
 
 Typical use (the app does the same behind its pages)::
 
@@ -23,7 +24,6 @@ from study.create import (
     build_study,
     close_study,
     create_study,
-    find_images,
     get_study,
     list_studies,
     new_study,
@@ -86,7 +86,6 @@ __all__ = [
     "data_dir",
     "export_study",
     "export_zip",
-    "find_images",
     "format_report",
     "get_study",
     "invite_rater",

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from study.analysis import N_BOOTSTRAP, analyse_study, format_report
-from study.create import build_study, find_images, get_study, list_studies, new_study
+from study.create import list_studies
 from study.db import StudyDB, StudyError, open_db
 from study.design import DESIGNS
 from study.export import export_study
@@ -42,10 +42,16 @@ def _parser() -> argparse.ArgumentParser:
 
     create = commands.add_parser("create", help="enhance images with each method, open a study")
     create.add_argument("--title", required=True)
-    create.add_argument("--images", required=True, help="folder of images; subfolders = modality")
+    create.add_argument(
+        "--images",
+        required=True,
+        help="folder of images; subfolders = modality; fitted to DPE_MAX_MEGAPIXELS",
+    )
     create.add_argument("--methods", required=True, help="comma-separated method keys")
     create.add_argument("--instructions", default="", help="shown to raters")
-    create.add_argument("--degrade", metavar="PRESET", help="degrade clean images first (paper)")
+    create.add_argument(
+        "--degrade", metavar="PRESET", help="degrade clean images first (paper or clinical)"
+    )
     create.add_argument("--seed", type=int, default=0, help="seed for --degrade")
     create.add_argument("--design", choices=DESIGNS, default="balanced")
     create.add_argument("--repeat-fraction", type=float, default=0.1)
@@ -82,43 +88,24 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _create(db: StudyDB, args) -> None:
-    import dpe  # the one place study/ touches enhancement code, and only here, lazily
+    from study import bridge  # imports dpe (and torch): only this command needs it
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    known = set(dpe.list_methods())
-    unknown = [m for m in methods if m not in known]
-    if unknown:
-        raise StudyError(f"unknown methods {unknown}; registered: {', '.join(sorted(known))}.")
-    images = find_images(args.images)
-    if args.resume:
-        stored = [m["key"] for m in get_study(db, args.resume)["methods"]]
-        if stored != methods:
-            raise StudyError(
-                f"study {args.resume} uses --methods {','.join(stored)}; resume with those."
-            )
-    study_id = args.resume or new_study(
+    def created(study_id: str) -> None:
+        print(f"study {study_id}: if interrupted, rerun with --resume {study_id}", file=sys.stderr)
+
+    study_id = bridge.create_study(
         db,
         args.title,
-        methods,
+        bridge.find_images(args.images),
+        [m.strip() for m in args.methods.split(",") if m.strip()],
+        degrade=args.degrade,
+        seed=args.seed,
+        resume=args.resume,
         instructions=args.instructions,
         design=args.design,
         repeat_fraction=args.repeat_fraction,
-        degraded=args.degrade is not None,
-        seed=args.seed,
-        settings={"degrade_preset": args.degrade} if args.degrade else None,
-    )
-    print(f"study {study_id}: if interrupted, rerun with --resume {study_id}", file=sys.stderr)
-    degrade_fn = None
-    if args.degrade:
-        degrade_fn = lambda img, seed: dpe.degrade(img, preset=args.degrade, seed=seed)  # noqa: E731
-    build_study(
-        db,
-        study_id,
-        images,
-        lambda img, method: dpe.enhance(img, method),
-        degrade_fn=degrade_fn,
-        read_fn=lambda path: dpe.load_image(path).image,
         progress=_progress_bar(),
+        on_created=created,
     )
     print(study_id)
 

@@ -1,6 +1,7 @@
 """Creating a study: source images + method keys -> stimuli on disk under opaque names.
 
-Enhancement comes in through ``enhance_fn`` so this module never imports ``dpe`` or torch.
+Enhancement comes in through ``enhance_fn`` so this module never imports ``dpe`` or torch;
+``study.bridge`` finds image files and passes in dpe's functions.
 Creation is resumable: each stimulus is committed as soon as it is written, and
 :func:`build_study` run again fills in only what is missing.
 """
@@ -26,7 +27,6 @@ DegradeFn = Callable[[np.ndarray, int], np.ndarray]
 ReadFn = Callable[[Path], np.ndarray]
 ProgressFn = Callable[[int, int], None]
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".webp"}
 UNSPECIFIED = "unspecified"
 
 
@@ -42,24 +42,6 @@ class SourceImage:
         object.__setattr__(self, "path", Path(self.path))
         if not self.name:
             object.__setattr__(self, "name", self.path.name)
-
-
-def find_images(folder: str | os.PathLike) -> list[SourceImage]:
-    """Image files under ``folder``; files in a subfolder take its name as their modality."""
-    root = Path(folder)
-    if not root.is_dir():
-        raise StudyError(f"image folder {root} does not exist; pass a folder of images.")
-    found = []
-    for path in sorted(root.rglob("*")):
-        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
-            relative = path.relative_to(root)
-            modality = relative.parts[0] if len(relative.parts) > 1 else UNSPECIFIED
-            found.append(SourceImage(path, modality, relative.as_posix()))
-    if not found:
-        raise StudyError(
-            f"no images in {root}; expected files ending in {', '.join(sorted(IMAGE_SUFFIXES))}."
-        )
-    return found
 
 
 def read_image(path: Path) -> np.ndarray:

@@ -39,6 +39,7 @@ from study.export import EXPORT_FILES, FORMULA_PREFIXES
 from study.throttle import Throttle, TooManyAttemptsError
 from tests.conftest import served_app
 from tests.test_study_support import fake_enhance, make_study, write_images
+from webapp import access, common, results, study_page
 
 METHODS = ["a", "b", "c"]
 # Few, quick examples: each one is a real transaction on a real database file.
@@ -87,10 +88,10 @@ def panel(tmp_path):
 def app_study(tmp_path, monkeypatch):
     """A study in the app's database, with no practice screens; returns (db, id, invite)."""
     monkeypatch.setenv("DPE_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setattr(app, "_practice", lambda: ())
-    monkeypatch.setattr(app, "JOIN_ATTEMPTS", Throttle())
-    monkeypatch.setattr(app, "ADMIN_ATTEMPTS", Throttle())
-    db = app._db()
+    monkeypatch.setattr(study_page, "_practice", lambda: ())
+    monkeypatch.setattr(access, "JOIN_ATTEMPTS", Throttle())
+    monkeypatch.setattr(access, "ADMIN_ATTEMPTS", Throttle())
+    db = common.db()
     images = write_images(tmp_path / "images", 2)
     study_id = study.create_study(db, "App study", images, METHODS, fake_enhance)
     return db, study_id, study.invite_rater(db, study_id, "Dr A")
@@ -221,8 +222,8 @@ def test_codes_and_tokens_are_compared_in_constant_time(panel, monkeypatch):
     assert compared == [(bytes, bytes)]
     monkeypatch.setenv("DPE_ADMIN_TOKEN", "s3cret")
     with pytest.raises(gr.Error, match="not right"):
-        app._require_admin("s3creT")
-    app._require_admin("s3cret")
+        access.require_admin("s3creT")
+    access.require_admin("s3cret")
     assert compared[1:] == [(bytes, bytes)] * 2
 
 
@@ -286,14 +287,14 @@ def test_cli_withdraws_a_code(tmp_path, monkeypatch, capsys):
 def test_results_page_withdraws_a_code(app_study, monkeypatch):
     db, study_id, invite = app_study
     monkeypatch.setenv("DPE_ADMIN_TOKEN", "s3cret")
-    app.join_study(invite.code)
+    study_page.join_study(invite.code)
     with pytest.raises(gr.Error, match="not right"):
-        app.revoke("wrong", study_id, "R01")
+        results.revoke("wrong", study_id, "R01")
     with pytest.raises(gr.Error, match="Choose a study"):
-        app.revoke("s3cret", None, "R01")
-    assert "R01" in app.revoke("s3cret", study_id, "R01")
+        results.revoke("s3cret", None, "R01")
+    assert "R01" in results.revoke("s3cret", study_id, "R01")
     with pytest.raises(gr.Error, match="withdrawn"):
-        app.join_study(invite.code)
+        study_page.join_study(invite.code)
 
 
 # ---------------------------------------------------------------- slowing down guesses
@@ -357,38 +358,38 @@ def test_throttle_guard_counts_only_wrong_codes():
 def test_repeated_wrong_invite_codes_must_wait(app_study, monkeypatch):
     _, _, invite = app_study
     clock = Clock()
-    monkeypatch.setattr(app, "JOIN_ATTEMPTS", Throttle(clock=clock))
+    monkeypatch.setattr(access, "JOIN_ATTEMPTS", Throttle(clock=clock))
     guesser, neighbour = from_address("203.0.113.7"), from_address("198.51.100.2")
     for n in range(5):
         with pytest.raises(gr.Error, match="not valid"):
-            app.join_study(f"guess-{n}", guesser)
+            study_page.join_study(f"guess-{n}", guesser)
     with pytest.raises(gr.Error, match="Too many wrong codes"):
-        app.join_study(invite.code, guesser)  # even the right code waits
+        study_page.join_study(invite.code, guesser)  # even the right code waits
     for _ in range(10):  # an empty field is not a guess
         with pytest.raises(gr.Error, match="Enter the invite code"):
-            app.join_study("  ", neighbour)
-    assert app.join_study(invite.code, neighbour)[0].rater == invite.rater_id
+            study_page.join_study("  ", neighbour)
+    assert study_page.join_study(invite.code, neighbour)["session"].rater == invite.rater_id
     clock.now += 1
-    assert app.join_study(invite.code, guesser)[0].rater == invite.rater_id
+    assert study_page.join_study(invite.code, guesser)["session"].rater == invite.rater_id
     with pytest.raises(gr.Error, match="not valid"):
-        app.join_study("guess-6", guesser)  # the right code reset the count
+        study_page.join_study("guess-6", guesser)  # the right code reset the count
 
 
 def test_repeated_wrong_admin_tokens_must_wait(app_study, monkeypatch):
     monkeypatch.setenv("DPE_ADMIN_TOKEN", "s3cret")
     clock = Clock()
-    monkeypatch.setattr(app, "ADMIN_ATTEMPTS", Throttle(clock=clock))
+    monkeypatch.setattr(access, "ADMIN_ATTEMPTS", Throttle(clock=clock))
     guesser = from_address("203.0.113.7")
     for token in ["a", "b", "c", None, "\ud800"]:
         with pytest.raises(gr.Error, match="not right"):
-            app.open_results(token, guesser)
+            results.open_results(token, guesser)
     with pytest.raises(gr.Error, match="Too many wrong codes"):
-        app.open_results("s3cret", guesser)
+        results.open_results("s3cret", guesser)
     with pytest.raises(gr.Error, match="Too many wrong codes"):
-        app.export_results("s3cret", None, guesser)  # every researcher call is guarded
-    assert app.open_results("s3cret", from_address("198.51.100.2"))[0].visible
+        results.export_results("s3cret", None, guesser)  # every researcher call is guarded
+    assert results.open_results("s3cret", from_address("198.51.100.2"))[0].visible
     clock.now += 1
-    assert app.open_results("s3cret", guesser)[0].visible
+    assert results.open_results("s3cret", guesser)[0].visible
 
 
 # ---------------------------------------------------------------- exports
@@ -424,7 +425,7 @@ def test_exports_hold_no_codes_hashes_names_admin_token_or_other_studies(
     for rater in [*invites, outsider]:
         forbidden |= {rater.code, hashlib.sha256(rater.code.encode()).hexdigest()}
 
-    archive = Path(app.export_results(admin, study_id))
+    archive = Path(results.export_results(admin, study_id))
     raw = archive.read_bytes()
     with zipfile.ZipFile(archive) as zf:
         members = {Path(name).name: zf.read(name) for name in zf.namelist()}
@@ -612,7 +613,9 @@ def test_every_backend_function_is_accounted_for():
     # The rater's session is gr.State, kept on the server; what the browser keeps
     # (gr.BrowserState, forgeable) is read only to refill the invite-code field, whose
     # value join_study checks like any typed code.
-    assert isinstance(app.session, gr.State) and not isinstance(app.session, gr.BrowserState)
+    voting = next(fn for fn in app.demo.fns.values() if fn.api_name == "vote_left")
+    session = voting.inputs[0]
+    assert isinstance(session, gr.State) and not isinstance(session, gr.BrowserState)
     kept = [b for b in app.demo.blocks.values() if isinstance(b, gr.BrowserState)]
     readers = {
         base_name(fn.api_name) for fn in app.demo.fns.values() for b in kept if b in fn.inputs
@@ -627,8 +630,8 @@ def server(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DPE_DATA_DIR", str(data))
         mp.setenv("DPE_ADMIN_TOKEN", "admin-" + secrets.token_hex(16))
-        mp.setattr(app, "_practice", lambda: ())
-        db = app._db()
+        mp.setattr(study_page, "_practice", lambda: ())
+        db = common.db()
         images = write_images(data / "images", 2)
         study_id = study.create_study(db, "Served study", images, METHODS, fake_enhance)
         with served_app(allowed_paths=[str(db.media_root)]) as url:
@@ -638,8 +641,8 @@ def server(tmp_path_factory):
 @pytest.fixture
 def fresh_throttles(monkeypatch):
     """Each HTTP test starts with no wrong attempts counted against 127.0.0.1."""
-    monkeypatch.setattr(app, "JOIN_ATTEMPTS", Throttle())
-    monkeypatch.setattr(app, "ADMIN_ATTEMPTS", Throttle(free=1000))
+    monkeypatch.setattr(access, "JOIN_ATTEMPTS", Throttle())
+    monkeypatch.setattr(access, "ADMIN_ATTEMPTS", Throttle(free=1000))
 
 
 def call(server, name: str, *data) -> tuple[str, object]:
@@ -715,8 +718,8 @@ def test_rater_functions_refuse_http_callers_without_a_session(server, fresh_thr
     assert kind == "error" and "not valid" in message
     votes = ["vote_left", "vote_right", "vote_tie", "vote_both_bad"]
     for name, session in zip(votes, [None, forged, json.dumps(forged), "x"], strict=True):
-        assert call(server, name, session, "0" * 16) == ("error", app.SESSION_ENDED)
-    assert call(server, "save_profile", forged, "x", 3) == ("error", app.SESSION_ENDED)
+        assert call(server, name, session, "0" * 16) == ("error", study_page.SESSION_ENDED)
+    assert call(server, "save_profile", forged, "x", 3) == ("error", study_page.SESSION_ENDED)
     # A forged remembered code only fills the field; nothing is looked up or signed in.
     kind, outputs = call(server, "restore_code", "forged-remembered-code")
     assert kind == "complete" and outputs[0] == "forged-remembered-code"
@@ -740,7 +743,7 @@ def test_the_session_stays_on_the_server_and_forged_state_is_ignored(server, fre
     wrong = queue_call(server, "vote_left", [forged, "0" * 16], mine)  # a wrong screen token
     assert wrong["success"] and wrong["output"]["data"][1] == token  # same screen, nothing kept
     elsewhere = queue_call(server, "vote_left", [forged, token], theirs)  # another browser
-    assert not elsewhere["success"] and elsewhere["output"]["error"] == app.SESSION_ENDED
+    assert not elsewhere["success"] and elsewhere["output"]["error"] == study_page.SESSION_ENDED
     assert vote_count(server.db) == before
     # The browser's value for the session is ignored: the server's own session votes.
     counted = queue_call(server, "vote_right", ["anything", token], mine)
@@ -760,14 +763,14 @@ def test_the_queue_cannot_be_skipped(server, fresh_throttles):
 def test_wrong_codes_over_http_are_slowed_down(server, fresh_throttles, monkeypatch):
     invite = study.invite_rater(server.db, server.study_id, "Dr Throttle-test")
     clock = Clock()
-    monkeypatch.setattr(app, "JOIN_ATTEMPTS", Throttle(clock=clock))
+    monkeypatch.setattr(access, "JOIN_ATTEMPTS", Throttle(clock=clock))
     for n in range(5):
         assert call(server, "join_study", f"guess-{n}")[0] == "error"
     kind, message = call(server, "join_study", invite.code)
     assert kind == "error" and message.startswith("Too many wrong codes")
     clock.now += 1
     assert call(server, "join_study", invite.code)[0] == "complete"
-    monkeypatch.setattr(app, "ADMIN_ATTEMPTS", Throttle(clock=clock))
+    monkeypatch.setattr(access, "ADMIN_ATTEMPTS", Throttle(clock=clock))
     for _ in range(5):
         assert call(server, "open_results", "wrong") == ("error", "That admin token is not right.")
     kind, message = call(server, "open_results", os.environ["DPE_ADMIN_TOKEN"])

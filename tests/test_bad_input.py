@@ -32,12 +32,13 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image
 
-import app
 from dpe import demo as dd
 from dpe.__main__ import main as cli
 from dpe.io import MAX_MEGAPIXELS_ENV, ImageError, LoadedImage, load_image, save_image
 from tests.conftest import served_app
 from tests.data import make_bad
+from webapp import enhance as enhance_page
+from webapp import uploads
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -247,7 +248,10 @@ def test_cli_output_folder_that_is_a_file_is_a_clear_error(corpus, tmp_path):
 
 @pytest.mark.parametrize("name", sorted(make_bad.CORPUS))
 def test_upload_handlers_show_a_clear_message_and_keep_nothing(corpus, name):
-    for handler, what in ((app.load_upload, "this file"), (app.load_reference, "the reference")):
+    for handler, what in (
+        (enhance_page.load_upload, "this file"),
+        (enhance_page.load_reference, "the reference"),
+    ):
         upload = as_upload(corpus[name])
         if name in REFUSED:
             with pytest.raises(gr.Error) as info:
@@ -263,10 +267,10 @@ def test_upload_handlers_show_a_clear_message_and_keep_nothing(corpus, name):
 
 
 def test_enhance_on_every_loadable_file_writes_safely_named_downloads(corpus):
-    output_root = app.OUTPUT_ROOT.resolve()
+    output_root = uploads.OUTPUT_ROOT.resolve()
     for name in LOADED:
         # Simulating scores every method against the clean image, down to a 1x1 one.
-        _, _, _, files, notes = app.enhance(
+        _, _, _, files, notes = enhance_page.enhance(
             as_upload(corpus[name]), ["identity"], True, "paper", 0, None
         )
         [download] = [Path(f).resolve() for f in files]
@@ -274,7 +278,7 @@ def test_enhance_on_every_loadable_file_writes_safely_named_downloads(corpus):
         if name == "one_pixel.png":
             assert "No metrics: SSIM needs at least 3×3 pixels and the image is 1×1." in notes
     with pytest.raises(gr.Error, match="Could not read the image: .*900.0 megapixels"):
-        app.enhance(
+        enhance_page.enhance(
             as_upload(corpus["bomb_30000x30000.png"]), ["identity"], False, "paper", 0, None
         )
 

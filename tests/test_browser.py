@@ -22,23 +22,14 @@ import pytest
 from PIL import Image
 from playwright.sync_api import expect, sync_playwright
 
-import app
 import dpe
 import study
 from dpe.methods import list_methods, method_info
+from study import bridge
+from tests.chromium import CHROMIUM, CHROMIUM_ARGS
 from tests.conftest import served_app
+from webapp import common
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 STUDY_METHODS = ["identity", "autocontrast", "clahe"]
 # The study's method keys, and every label (labels are long enough never to occur by chance;
@@ -64,11 +55,11 @@ def server(tmp_path_factory):
             (images / modality).mkdir(parents=True)
             src = EXAMPLES / modality / f"{name}.png"
             Image.open(src).convert("RGB").resize((48, 48)).save(images / modality / "item.png")
-        db = app._db()
+        db = common.db()
         study_id = study.create_study(
             db,
             "Reader study",
-            study.find_images(images),
+            bridge.find_images(images),
             STUDY_METHODS,
             lambda image, method: dpe.enhance(image, method),
             labels={m: method_info(m)["label"] for m in STUDY_METHODS},
@@ -214,6 +205,42 @@ def answer(page, how: str, expected_next: str) -> None:
         expect(progress_label(page)).to_have_text(expected_next)
 
 
+class AnswerCount:
+    """The answers a page has sent, and how many of them the server has handled, so a test
+    can wait until every answer is in instead of waiting a fixed time."""
+
+    def __init__(self, page, mp):
+        import app  # served by the fixture in this process
+
+        self.page, self.sent, self.handled = page, 0, 0
+        self._votes = {
+            n for n, fn in app.demo.fns.items() if (fn.api_name or "").startswith("vote_")
+        }
+        page.on("request", self._on_request)
+        real = study.session.answer
+
+        def counted(*args, **kwargs):
+            try:
+                return real(*args, **kwargs)
+            finally:
+                self.handled += 1
+
+        mp.setattr(study.session, "answer", counted)
+
+    def _on_request(self, request) -> None:
+        if request.url.split("?")[0].endswith("/gradio_api/queue/join"):
+            if (request.post_data_json or {}).get("fn_index") in self._votes:
+                self.sent += 1
+
+    def wait_until_handled(self, timeout_ms: int = TIMEOUT) -> None:
+        """Poll until the server has handled every answer this page sent."""
+        for _ in range(timeout_ms // 20):
+            if self.handled >= self.sent:
+                return
+            self.page.wait_for_timeout(20)  # lets Playwright deliver the page's request events
+        raise AssertionError(f"{self.sent} answers sent, {self.handled} handled")
+
+
 @pytest.fixture(scope="module")
 def rater_run(browser, server):
     """An expert's whole session; returns what the browser saw and received."""
@@ -237,7 +264,7 @@ def rater_run(browser, server):
     pages_html.append(page.content())
     answer(page, "click:#vote-a", "Practice 2 of 2: not scored")
     answer(page, "key:2", "Trial 1 of 6")
-    assert study.load_votes(app._db(), server["study"]).empty  # practice is not scored
+    assert study.load_votes(common.db(), server["study"]).empty  # practice is not scored
     pages_html.append(page.content())
     answer(page, "click:#vote-a", "Trial 2 of 6")
     pages_html.append(page.content())
@@ -248,14 +275,15 @@ def rater_run(browser, server):
     page.close()  # the rater closes the tab ...
 
     page = context.new_page()  # ... and comes back later: the browser remembers the code
+    answers = AnswerCount(page, server["mp"])
     page.goto(server["url"] + "/study")
     expect(page.locator("#study-message")).to_contain_text("Welcome back")
     page.click("#study-start")
     expect(progress_label(page)).to_have_text("Trial 3 of 6")  # no practice the second time
     pages_html.append(page.content())
     answer(page, "dblclick:#vote-tie", "Trial 4 of 6")
-    page.wait_for_timeout(500)  # a second vote from the double click would land by now
-    votes_after_double_click = len(study.load_votes(app._db(), server["study"]))
+    answers.wait_until_handled()  # a second vote from the double click would be in by now
+    votes_after_double_click = len(study.load_votes(common.db(), server["study"]))
     pages_html.append(page.content())
     answer(page, "key:4", "Trial 5 of 6")
     pages_html.append(page.content())
@@ -263,7 +291,7 @@ def rater_run(browser, server):
     pages_html.append(page.content())
     answer(page, "click:#vote-b", "done")
     pages_html.append(page.content())
-    page.wait_for_timeout(300)
+    answers.wait_until_handled()
     context.close()
     return {
         "responses": responses,
@@ -281,7 +309,7 @@ def _is_gradio_asset(url: str) -> bool:
 
 def test_study_records_each_answer_once(rater_run, server):
     assert rater_run["votes_after_double_click"] == 3  # the double click counted once
-    votes = study.load_votes(app._db(), server["study"])
+    votes = study.load_votes(common.db(), server["study"])
     assert list(votes["choice"]) == CLICKS
     assert votes["trial"].is_unique and (votes["response_ms"] > 0).all()
 
@@ -360,11 +388,13 @@ def test_answers_racing_each_other_count_once(browser, server):
     answer(page, "key:3", "Practice 2 of 2: not scored")
     answer(page, "key:3", "Trial 1 of 6")
     expect(page.locator("#vote-a")).to_be_enabled()
+    answers = AnswerCount(page, server["mp"])
     page.evaluate("ids => ids.forEach(id => document.getElementById(id).click())", RACE)
     expect(progress_label(page)).to_have_text("Trial 2 of 6")
-    page.wait_for_timeout(500)  # any vote still in flight lands by now
+    answers.wait_until_handled()  # every vote the race sent is in
+    assert answers.sent >= 1
     expect(progress_label(page)).to_have_text("Trial 2 of 6")
-    votes = study.load_votes(app._db(), server["study"])
+    votes = study.load_votes(common.db(), server["study"])
     mine = votes[votes["rater"] == server["second"].pseudonym]
     assert len(mine) == 1 and mine["choice"].iloc[0] in {"left", "right", "tie"}
     context.close()
@@ -385,7 +415,7 @@ def test_rater_fills_in_the_optional_profile(browser, server):
     years.fill("11")
     page.click("#profile-save")
     expect(page.locator("#profile-message")).to_contain_text("Profile saved")
-    stored = app._db().query(
+    stored = common.db().query(
         "SELECT specialty, years_experience FROM raters WHERE id = ?", [server["second"].rater_id]
     )
     assert stored == [{"specialty": "pathology", "years_experience": 11}]

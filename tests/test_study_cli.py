@@ -161,3 +161,15 @@ def test_a_degraded_study_of_a_gray_scan_has_only_gray_stimuli(tmp_path):
     for name in names:
         pixels = np.asarray(Image.open(media / name).convert("RGB"))
         assert (pixels[..., :1] == pixels).all(), name
+
+
+def test_an_unknown_degradation_preset_is_one_line_and_registers_no_study(tmp_path):
+    write_images(tmp_path / "scans", 1)
+    data_dir = tmp_path / "data"
+    args = ["create", "--title", "T", "--images", str(tmp_path / "scans")]
+    made = run_cli(data_dir, *args, "--methods", "identity,clahe", "--degrade", "bogus")
+    assert made.returncode == 2 and made.stdout == ""
+    assert made.stderr.startswith("error: unknown degradation preset 'bogus'; use one of paper")
+    assert len(made.stderr.strip().splitlines()) == 1  # no traceback
+    with study.open_db(data_dir / "study.db") as db:
+        assert study.list_studies(db) == []  # nothing stuck in "creating"

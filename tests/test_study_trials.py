@@ -354,25 +354,6 @@ def test_active_study_serves_new_pairs_repeats_and_stops_at_its_budget(tmp_path)
     assert pairs[frozenset("ab")] > pairs[frozenset("ac")]  # effort goes where it is uncertain
 
 
-def test_find_images_takes_modality_from_subfolders(tmp_path):
-    write_images(tmp_path / "xray", 2)
-    write_images(tmp_path / "endoscopy", 1)
-    write_images(tmp_path, 1)
-    (tmp_path / "notes.txt").write_text("not an image")
-    found = study.find_images(tmp_path)
-    assert {(s.name, s.modality) for s in found} == {
-        ("xray/img00.png", "xray"),
-        ("xray/img01.png", "xray"),
-        ("endoscopy/img00.png", "endoscopy"),
-        ("img00.png", "unspecified"),
-    }
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(study.StudyError, match="no images"):
-        study.find_images(tmp_path / "empty")
-    with pytest.raises(study.StudyError, match="does not exist"):
-        study.find_images(tmp_path / "missing")
-
-
 def test_closed_study_serves_no_more_trials(tmp_path):
     db, study_id = make_study(tmp_path)
     invite = study.invite_rater(db, study_id, "Dr A")

@@ -1,0 +1,48 @@
+"""The Gradio pages: Enhance (``/``), Study (``/study``) and Results (``/results``).
+
+Each page is a module with its callbacks and a ``build(demo)``; `build_app` puts them together.
+The study is a page of its own, not a tab, because Gradio sends each page only its own
+components: the Enhance page's method list never reaches a rater's browser. Each page's
+events are wired inside its own ``with`` block, because Gradio assigns an event to the page
+that is open when the event is created. Logic lives in ``dpe`` (pixels) and ``study``.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from webapp import enhance, results, study_page, uploads
+
+TITLE = "Perceptual enhancement of medical images"
+
+# Gradio's own bundled fonts, so a page never asks a font CDN for anything.
+THEME = gr.themes.Default(
+    primary_hue="teal",
+    font=[gr.themes.LocalFont("Source Sans Pro"), "ui-sans-serif", "system-ui", "sans-serif"],
+    font_mono=[gr.themes.LocalFont("IBM Plex Mono"), "ui-monospace", "monospace"],
+)
+
+LAUNCH_OPTIONS = {
+    "theme": THEME,
+    "css": study_page.CSS + results.CSS,
+    "head": study_page.KEYBOARD_JS,
+    "run_history": False,  # nothing a rater did is replayable from the browser
+    "footer_links": ["api", "gradio"],
+    "max_file_size": "200mb",
+}
+
+
+def build_app() -> gr.Blocks:
+    """The three pages in one app, with its queue set up; launch it with ``LAUNCH_OPTIONS``."""
+    with gr.Blocks(title=TITLE, delete_cache=(600, uploads.KEEP_SECONDS)) as demo:
+        enhance.build(demo)
+    # Each page's events are wired inside its own block: Gradio assigns an event to the page
+    # that is open when the event is created, and sends a page only its own events.
+    with demo.route("Study", "/study"):
+        study_page.build(demo)
+    with demo.route("Results", "/results"):
+        results.build(demo)
+    # api_open=False: /gradio_api/run/<name> would run a queued event at once, past its
+    # concurrency limit and the queue's max_size; every call goes through the queue instead.
+    demo.queue(default_concurrency_limit=2, max_size=64, api_open=False)
+    return demo

@@ -1,0 +1,306 @@
+"""The Study page (``/study``): experts join with an invite code and vote, blinded.
+
+A rater's `study.session.Session` is kept server-side in ``gr.State``. Only images (under
+random names), progress, the screen's token and the study's own title and instructions are
+sent to the browser. The study callbacks return their view by name: a dict whose keys are
+``VIEW`` names; a name left out keeps its widget as it is.
+"""
+
+from __future__ import annotations
+
+import functools
+from html import escape
+
+import gradio as gr
+
+import study
+import study.session
+import study.tables
+from dpe import demo as dd
+from study.session import Session
+from webapp import access, uploads
+from webapp.common import EXAMPLES, PRIVATE, STUDY, db, user_errors
+
+PRACTICE_TRIALS = 2
+PRACTICE_MODALITIES = ("dermatology", "microscopy")
+PRACTICE_DIR = uploads.scratch_folder("practice")
+STUDY_HELP = (
+    "Each screen shows two versions, **A** and **B**, of the same image, made from the small "
+    "low-quality source above them. Choose the one you would rather read for diagnosis: "
+    "**A is better** (key `1` or `←`), **B is better** (`2` or `→`), **Tie** (`3`) or "
+    "**Both unacceptable** (`4`). Look as long as you need; the time is recorded but there is "
+    f"no limit. The first {PRACTICE_TRIALS} screens are practice and are not scored. "
+    "**Pause** any time: your answers are saved, and the same code brings you back to where "
+    "you stopped, on any device."
+)
+THANKS = {
+    "closed": "The study team has closed this study. Your answers are saved; thank you!",
+    "finished": "You have answered every trial. Thank you! You can close this tab.",
+}
+SESSION_ENDED = "Your session has ended; enter your invite code again to continue."
+BOXES = ("join", "trial", "paused", "done")
+ANSWERS = ("vote_a", "vote_b", "vote_tie", "vote_bad", "pause")
+# Every widget a study callback may update, by name (see build() for the widgets).
+VIEW = ("session", "screen", *BOXES, "message", "header", "progress", "source", "a", "b")
+VIEW += (*ANSWERS, "remembered")
+
+KEYBOARD_JS = """
+<script>
+document.addEventListener("keydown", (event) => {
+  const target = event.target;
+  if (event.altKey || event.ctrlKey || event.metaKey || event.repeat) return;
+  if (target && (target.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(target.tagName))) {
+    return;
+  }
+  const ids = {"1": "vote-a", ArrowLeft: "vote-a", "2": "vote-b", ArrowRight: "vote-b",
+               "3": "vote-tie", "4": "vote-bad"};
+  const button = ids[event.key] && document.getElementById(ids[event.key]);
+  if (!button || button.disabled || button.offsetParent === null) return;
+  event.preventDefault();
+  button.click();
+});
+</script>
+"""
+
+# Runs in the browser when an answer is given, before the request leaves: later clicks and
+# key presses find the buttons disabled. Passes the event's two inputs through unchanged.
+DISABLE_VOTES_JS = """(session, screen) => {
+  for (const id of ["vote-a", "vote-b", "vote-tie", "vote-bad", "study-pause"]) {
+    const button = document.getElementById(id);
+    if (button) button.disabled = true;
+  }
+  return [session, screen];
+}"""
+
+CSS = """
+.study-progress { display: flex; gap: 1em; align-items: center; }
+.study-progress progress { flex: 1; height: 0.8em; }
+#image-a img, #image-b img { width: 100%; height: 100%; object-fit: contain; }
+"""
+
+# ---------------------------------------------------------------- callbacks
+
+
+@functools.lru_cache(maxsize=1)
+def _practice() -> tuple[tuple[str, str, str], ...]:
+    """Practice pairs, made once per process from two examples (random file names)."""
+    picks = dd.examples_of(EXAMPLES, PRACTICE_MODALITIES)[:PRACTICE_TRIALS]
+    pairs = dd.practice_pairs(picks, PRACTICE_DIR, seed=7)
+    return tuple((str(p.source), str(p.left), str(p.right)) for p in pairs)
+
+
+def study_view(session: Session | None, view: str, message: str = "", *, enabled=True) -> dict:
+    """The ``VIEW`` updates (all but "remembered") for the "join", "trial", "paused" or "done"
+    view of ``session``."""
+    screen = session.screen if session else None
+    if view == "trial" and screen:
+        header = f"### {escape(session.title)}\n\n{session.instructions}"
+        images = (screen.source, screen.left, screen.right)
+        practice = screen.kind == "practice"
+        progress = study.tables.progress_html(screen.done, screen.total, practice=practice)
+    else:
+        header, images, progress = "", (None, None, None), ""
+    return {
+        "session": session,
+        "screen": session.token if session else "",
+        **{box: gr.Column(visible=view == box) for box in BOXES},
+        "message": message,
+        "header": header,
+        "progress": progress,
+        "source": gr.Image(value=images[0], visible=images[0] is not None),
+        "a": images[1],
+        "b": images[2],
+        **{name: gr.Button(interactive=enabled) for name in ANSWERS},
+    }
+
+
+def _show(session: Session, *, enabled: bool = True) -> dict:
+    if session.screen is None:
+        thanks = THANKS[study.session.ending(db(), session)]
+        return study_view(session, "done", thanks)
+    return study_view(session, "trial", enabled=enabled)
+
+
+def restore_code(remembered: str | None):
+    """On page load: fill in the invite code this browser remembered, if any."""
+    if not remembered:
+        return gr.skip(), ""
+    return remembered, "Welcome back. Press **Start** to continue where you stopped."
+
+
+@user_errors
+def join_study(code: str, request: gr.Request | None = None) -> dict:
+    """Sign a rater in with their invite code and show practice or their next trial.
+
+    Repeated wrong codes from one address must wait (``access.JOIN_ATTEMPTS``).
+    """
+    with access.invite_guard(code, request):
+        session = study.session.join(db(), code, _practice())
+    return {**_show(session), "remembered": (code or "").strip()}
+
+
+@user_errors
+def vote(session: Session | None, screen: str | None, choice: str) -> dict:
+    """Record ``choice`` for the screen the browser showed (``screen``), then show the next.
+
+    Practice answers are not recorded. An answer for a screen that is no longer current (a
+    second click racing the first) changes nothing. The buttons come back disabled; the
+    event that follows enables them once the new screen is on display.
+    """
+    if not session:
+        raise gr.Error(SESSION_ENDED)
+    return _show(study.session.answer(db(), session, screen, choice), enabled=False)
+
+
+def _voter(choice: str):
+    def record(session: Session | None, screen: str | None) -> dict:
+        return vote(session, screen, choice)
+
+    record.__name__ = f"vote_{choice}"
+    return record
+
+
+def enable_answers():
+    """Enable the answer buttons once a screen is on display."""
+    return tuple(gr.Button(interactive=True) for _ in ANSWERS)
+
+
+def pause(session: Session | None) -> dict:
+    """Hide the images; votes so far are already stored."""
+    return study_view(session, "paused")
+
+
+@user_errors
+def resume(session: Session | None) -> dict:
+    """Continue with the trial that was on screen when the rater paused."""
+    if not session:
+        return study_view(None, "join", "Enter your invite code to continue.")
+    return _show(study.session.resume(db(), session))
+
+
+def forget_me() -> dict:
+    """Sign out on this device: the browser forgets the code."""
+    return {**study_view(None, "join", "Signed out on this device."), "remembered": None}
+
+
+@user_errors
+def show_profile(session: Session | None):
+    """After joining: fill the optional profile form with what is stored."""
+    if not session:
+        return gr.skip(), gr.skip(), ""
+    stored = study.session.profile(db(), session)
+    return stored["specialty"] or "", stored["years_experience"], ""
+
+
+@user_errors
+def save_profile(session: Session | None, specialty: str | None, years: float | None) -> str:
+    """Store the rater's optional profile; an empty years field leaves it as it was."""
+    if not session:
+        raise gr.Error(SESSION_ENDED)
+    study.update_rater(db(), session.rater, specialty=specialty or "", years_experience=years)
+    return "Profile saved. Thank you!"
+
+
+def by_name(callback, names: tuple[str, ...] = VIEW):
+    """``callback``, returning its dict of updates as Gradio's list, in the order of ``names``
+    (a name it leaves out is skipped). Name, signature and docstring stay ``callback``'s."""
+
+    @functools.wraps(callback)
+    def listed(*args, **kwargs):
+        view = callback(*args, **kwargs)
+        return [view.get(name, gr.skip()) for name in names]
+
+    return listed
+
+
+# ---------------------------------------------------------------- layout and events
+
+
+def _trial_box(w: dict) -> None:
+    """The trial screen: header, progress, the source, A and B, the answers, the profile form."""
+    w["header"], w["progress"] = gr.Markdown(), gr.HTML()
+    w["source"] = gr.Image(
+        label="Low-quality source",
+        height=160,
+        interactive=False,
+        format="png",
+        buttons=[],
+        elem_id="study-source",
+    )
+    with gr.Row(equal_height=True):
+        for side in ("a", "b"):
+            w[side] = gr.Image(
+                label=side.upper(),
+                height=460,
+                interactive=False,
+                buttons=["fullscreen"],
+                elem_id=f"image-{side}",
+            )
+    with gr.Row():
+        w["vote_a"] = gr.Button("A is better  [1 / ←]", elem_id="vote-a")
+        w["vote_b"] = gr.Button("B is better  [2 / →]", elem_id="vote-b")
+        w["vote_tie"] = gr.Button("Tie  [3]", elem_id="vote-tie")
+        w["vote_bad"] = gr.Button("Both unacceptable  [4]", elem_id="vote-bad")
+    w["pause"] = gr.Button("Pause", size="sm", elem_id="study-pause")
+    with gr.Accordion("Your profile (optional)", open=False, elem_id="study-profile"):
+        with gr.Row():
+            w["specialty"] = gr.Textbox(label="Specialty", elem_id="profile-specialty")
+            w["years"] = gr.Number(
+                label="Years of experience", precision=0, minimum=0, elem_id="profile-years"
+            )
+        w["profile_save"] = gr.Button("Save profile", size="sm", elem_id="profile-save")
+        w["profile_message"] = gr.Markdown(elem_id="profile-message")
+
+
+def _layout() -> dict:
+    """The page's widgets, by name: every ``VIEW`` name and the few that only send."""
+    gr.Navbar(main_page_name="Enhance")
+    gr.Markdown("# Image quality study")
+    w = {"session": gr.State(None), "screen": gr.Textbox(visible=False)}  # screen: which one
+    w["remembered"] = gr.BrowserState(None, storage_key="study-invite-code")
+    w["message"] = gr.Markdown(elem_id="study-message")
+    with gr.Column(visible=True) as w["join"]:
+        gr.Markdown(STUDY_HELP)
+        w["code"] = gr.Textbox(
+            label="Invite code", placeholder="the code from the study team", elem_id="invite-code"
+        )
+        w["start"] = gr.Button("Start", variant="primary", elem_id="study-start")
+    with gr.Column(visible=False) as w["trial"]:
+        _trial_box(w)
+    with gr.Column(visible=False) as w["paused"]:
+        gr.Markdown(
+            "**Paused.** Every answer so far is saved. Close this tab if you like: this "
+            "browser remembers your code, and the code works on any device."
+        )
+        w["resume"] = gr.Button("Resume", variant="primary", elem_id="study-resume")
+        w["forget"] = gr.Button("Sign out on this device", size="sm", elem_id="study-forget")
+    with gr.Column(visible=False) as w["done"]:
+        gr.Markdown("**Finished.**")
+    return w
+
+
+def build(demo: gr.Blocks) -> None:
+    """Lay out the Study page (call inside its ``demo.route``) and wire its events."""
+    w = _layout()
+    view = [w[name] for name in VIEW]
+    answers = [w[name] for name in ANSWERS]
+    profile = [w["specialty"], w["years"], w["profile_message"]]
+
+    demo.load(restore_code, w["remembered"], [w["code"], w["message"]], **STUDY)
+    for trigger in (w["start"].click, w["code"].submit):
+        trigger(by_name(join_study), w["code"], view, **STUDY).success(
+            show_profile, w["session"], profile, **STUDY
+        )
+    for name, choice in zip(ANSWERS[:4], study.CHOICES, strict=True):
+        # The screen token is read when the button is pressed, before anything else runs.
+        w[name].click(
+            by_name(_voter(choice)),
+            [w["session"], w["screen"]],
+            view,
+            js=DISABLE_VOTES_JS,
+            **STUDY,
+        ).then(enable_answers, None, answers, queue=False, **PRIVATE)
+    w["pause"].click(by_name(pause), w["session"], view, **STUDY)
+    w["resume"].click(by_name(resume), w["session"], view, **STUDY)
+    w["forget"].click(by_name(forget_me), None, view, **STUDY)
+    w["profile_save"].click(save_profile, [w["session"], *profile[:2]], profile[2], **STUDY)
