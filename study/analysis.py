@@ -70,6 +70,24 @@ def _count_matrix(i, j, outcome, k: int, weights=None) -> np.ndarray:
 # Tallies
 
 
+# A choice as the method shown on the right sees it.
+_MIRRORED = {"left": "right", "right": "left", "tie": "tie", "both_bad": "both_bad"}
+
+
+def _tally(as_left: pd.DataFrame, as_right: pd.DataFrame) -> tuple[int, int, int, int, int, float]:
+    """(comparisons, wins, losses, ties, both_bad, share) of one method over the votes that
+    showed it on the left (``as_left``) and on the right (``as_right``).
+
+    share = (wins + half of ties and both_bad) / comparisons (NaN without comparisons).
+    """
+    seen = pd.concat([as_left["choice"], as_right["choice"].map(_MIRRORED)])
+    counts = seen.value_counts()
+    wins, losses, ties, both_bad = (int(counts.get(c, 0)) for c in _MIRRORED)
+    n = wins + losses + ties + both_bad
+    share = (wins + 0.5 * (ties + both_bad)) / n if n else math.nan
+    return n, wins, losses, ties, both_bad, share
+
+
 def pair_tallies(votes: pd.DataFrame, methods: Sequence[str]) -> pd.DataFrame:
     """Votes per pair of methods: n, wins of each side, ties, both_bad, share of the first."""
     _check_votes(votes, methods)
@@ -77,12 +95,7 @@ def pair_tallies(votes: pd.DataFrame, methods: Sequence[str]) -> pd.DataFrame:
     for a, b in itertools.combinations(methods, 2):
         ab = votes[(votes["method_left"] == a) & (votes["method_right"] == b)]
         ba = votes[(votes["method_left"] == b) & (votes["method_right"] == a)]
-        a_wins = int((ab["choice"] == "left").sum() + (ba["choice"] == "right").sum())
-        b_wins = int((ab["choice"] == "right").sum() + (ba["choice"] == "left").sum())
-        ties = int((ab["choice"] == "tie").sum() + (ba["choice"] == "tie").sum())
-        both_bad = int((ab["choice"] == "both_bad").sum() + (ba["choice"] == "both_bad").sum())
-        n = a_wins + b_wins + ties + both_bad
-        share = (a_wins + 0.5 * (ties + both_bad)) / n if n else math.nan
+        n, a_wins, b_wins, ties, both_bad, share = _tally(ab, ba)
         rows.append((a, b, n, a_wins, b_wins, ties, both_bad, share))
     columns = ["method_a", "method_b", "votes", "a_wins", "b_wins", "ties", "both_bad", "a_share"]
     return pd.DataFrame(rows, columns=columns)
@@ -112,12 +125,7 @@ def preference_share(votes: pd.DataFrame, methods: Sequence[str]) -> pd.DataFram
     rows = []
     for m in methods:
         left, right = votes[votes["method_left"] == m], votes[votes["method_right"] == m]
-        wins = int((left["choice"] == "left").sum() + (right["choice"] == "right").sum())
-        losses = int((left["choice"] == "right").sum() + (right["choice"] == "left").sum())
-        ties = int((left["choice"] == "tie").sum() + (right["choice"] == "tie").sum())
-        both_bad = int((left["choice"] == "both_bad").sum() + (right["choice"] == "both_bad").sum())
-        n = wins + losses + ties + both_bad
-        share = (wins + 0.5 * (ties + both_bad)) / n if n else math.nan
+        n, wins, losses, ties, both_bad, share = _tally(left, right)
         rows.append((m, n, wins, ties, both_bad, losses, share))
     columns = ["method", "comparisons", "wins", "ties", "both_bad", "losses", "share"]
     return pd.DataFrame(rows, columns=columns).set_index("method")
@@ -547,6 +555,26 @@ def _records(frame: pd.DataFrame) -> list[dict]:
     ]
 
 
+VOTE_COLUMNS = [
+    "study",
+    "rater",
+    "rater_specialty",
+    "item",
+    "modality",
+    "method_left",
+    "method_right",
+    "choice",
+    "chosen_method",
+    "is_repeat",
+    "trial",
+    "repeat_of",
+    "response_ms",
+    "timestamp",
+    "client_ts",
+]
+"""The columns of `load_votes`, in order."""
+
+
 def load_votes(db, study_id: str) -> pd.DataFrame:
     """One row per vote with rater pseudonym, item, modality, methods by key and the choice."""
     rows = db.query(
@@ -562,24 +590,7 @@ def load_votes(db, study_id: str) -> pd.DataFrame:
            WHERE s.id = ? ORDER BY v.id""",
         [study_id],
     )
-    columns = [
-        "study",
-        "rater",
-        "rater_specialty",
-        "item",
-        "modality",
-        "method_left",
-        "method_right",
-        "choice",
-        "chosen_method",
-        "is_repeat",
-        "trial",
-        "repeat_of",
-        "response_ms",
-        "timestamp",
-        "client_ts",
-    ]
-    frame = pd.DataFrame(rows, columns=columns)
+    frame = pd.DataFrame(rows, columns=VOTE_COLUMNS)
     frame["is_repeat"] = frame["is_repeat"].astype(bool)
     return frame
 
@@ -628,8 +639,8 @@ def _format_section(section: dict) -> list[str]:
     for r in sorted(section["ratings"], key=lambda r: (r["rank"], -r["bt"])):
         out.append(
             f"  {r['rank']:>4}  {r['method']:<14}{_num(r['share'], '.0%'):>7}  "
-            f"{_interval(r['bt'], r['bt_lower'], r['bt_upper']):<24}"
-            f"{_interval(r['jod'], r['jod_lower'], r['jod_upper']):<24}"
+            f"{interval(r['bt'], r['bt_lower'], r['bt_upper']):<24}"
+            f"{interval(r['jod'], r['jod_lower'], r['jod_upper']):<24}"
         )
     agree = section["agreement"]
     out.append(
@@ -660,7 +671,10 @@ def _num(value, spec: str) -> str:
     return format(value, spec)
 
 
-def _interval(value, lower, upper) -> str:
+def interval(value: float | None, lower: float | None, upper: float | None) -> str:
+    """``+0.42 [-0.10, +0.95]``; just the value without bounds, ``-`` without a value."""
+    if value is None:
+        return "-"
     if lower is None or upper is None:
         return f"{value:+.2f}"
     return f"{value:+.2f} [{lower:+.2f}, {upper:+.2f}]"

@@ -18,25 +18,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from study.analysis import N_BOOTSTRAP, analyse_study, load_votes, preference_share
+from study.analysis import VOTE_COLUMNS as VOTE_COLUMNS_LOADED
 from study.create import get_study
 from study.db import StudyDB, StudyError, backup, log_event
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
-VOTE_COLUMNS = [
-    "study",
-    "rater",
-    "rater_specialty",
-    "item",
-    "modality",
-    "method_left",
-    "method_right",
-    "choice",
-    "chosen_method",
-    "is_repeat",
-    "response_ms",
-    "timestamp",
-]
+# load_votes' columns without the internal ones (trial ids and the browser's clock)
+VOTE_COLUMNS = [c for c in VOTE_COLUMNS_LOADED if c not in ("trial", "repeat_of", "client_ts")]
 TALLY_COLUMNS = [
     "modality",
     "method",

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import pandas as pd
 
-from study.analysis import N_BOOTSTRAP, analyse_study
+from study.analysis import N_BOOTSTRAP, analyse_study, interval
 from study.create import list_studies
 from study.db import StudyDB
 from study.trials import progress
@@ -109,15 +109,6 @@ def share_frame(section: dict, labels: dict) -> pd.DataFrame:
     rows = [(labels.get(r["method"], r["method"]), r["share"]) for r in section.get("ratings", [])]
     frame = pd.DataFrame(rows, columns=list(SHARE_DTYPES)).astype(SHARE_DTYPES)
     return frame.sort_values("share", ascending=False)
-
-
-def interval(value: float | None, lower: float | None, upper: float | None) -> str:
-    """``+0.42 [-0.10, +0.95]``; just the value without bounds, ``-`` without a value."""
-    if value is None:
-        return "-"
-    if lower is None or upper is None:
-        return f"{value:+.2f}"
-    return f"{value:+.2f} [{lower:+.2f}, {upper:+.2f}]"
 
 
 def ratings_frame(sections: list[tuple[str, dict]], labels: dict) -> pd.DataFrame:
