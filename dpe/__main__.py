@@ -55,6 +55,12 @@ def _clash(path: Path, target: Path, written: dict[Path, Path]) -> str | None:
     )
 
 
+def output_bits(bits: int | None, source_depth: int) -> int:
+    """Bits per channel of an output PNG: ``bits`` if given, else as the app writes (16 for a
+    source above 8 bits: 10-bit DICOM, 16-bit PNG/TIFF; 8 otherwise)."""
+    return bits or (16 if source_depth > 8 else 8)
+
+
 def _output_folder(name: str) -> Path:
     out = Path(name)
     try:
@@ -77,6 +83,10 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.engine == "ray":
+        return _enhance_on_ray(
+            args, [(path, target) for (path, _), target in zip(files, targets, strict=True)]
+        )
     failures = 0
     pairs = list(zip(files, targets, strict=True))
     written: dict[Path, Path] = {}
@@ -94,13 +104,65 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
             tqdm.write(f"skipped {_shown(path)}: {exc}", file=sys.stderr)
             failures += 1
             continue
-        # As the app does: a source above 8 bits (10-bit DICOM, 16-bit PNG/TIFF) keeps 16.
-        bits = args.bits or (16 if loaded.bit_depth > 8 else 8)
+        bits = output_bits(args.bits, loaded.bit_depth)
         target.parent.mkdir(parents=True, exist_ok=True)
         dpe.save_image(result, target, bits=bits)
         written[target] = path
         tqdm.write(f"{_shown(target)}  ({seconds:.2f} s, {bits}-bit)")
     return 1 if failures else 0
+
+
+def _enhance_on_ray(args: argparse.Namespace, pairs: list[tuple[Path, Path]]) -> int:
+    from dpe.scale import MANIFEST, enhance_files
+
+    counts = enhance_files(
+        pairs,
+        method=args.method,
+        out=Path(args.out),
+        bits=args.bits,
+        address=args.address,
+        num_cpus=args.cpus,
+        actors=args.actors,
+        gpus_per_actor=args.gpus_per_actor,
+        quiet=args.quiet,
+    )
+    done = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    print(f"{done}; manifest: {_shown(Path(args.out) / MANIFEST)}")
+    return 1 if counts.get("failed") else 0
+
+
+def engine_options(parser: argparse.ArgumentParser) -> None:
+    """``--engine ray`` and its cluster options, shared by ``dpe enhance`` and ``dpe.evaluate``."""
+    group = parser.add_argument_group("past one machine (pip install -r requirements-scale.txt)")
+    group.add_argument(
+        "--engine",
+        choices=["ray"],
+        default=None,
+        help="run on a Ray cluster: decoding in tasks, the method in a pool of actors that "
+        "load the weights once; enhance also writes DIR/manifest.csv and skips outputs that "
+        "exist (resume). Default: this one process, without Ray",
+    )
+    group.add_argument(
+        "--address",
+        default=None,
+        help="with --engine ray: the cluster to join (auto: the one `ray start --head` began "
+        "here; or HOST:6379); default: start a local cluster for this run",
+    )
+    group.add_argument(
+        "--cpus", type=int, default=None, help="CPUs of the local cluster (default: all)"
+    )
+    group.add_argument(
+        "--actors",
+        type=int,
+        default=None,
+        help="model actors (default: half the cluster's CPUs, or one per --gpus-per-actor)",
+    )
+    group.add_argument(
+        "--gpus-per-actor",
+        type=float,
+        default=0.0,
+        help="GPUs each model actor reserves (default 0: CPU actors)",
+    )
 
 
 def _cmd_degrade(args: argparse.Namespace) -> int:
@@ -183,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="output folder")
     _bits_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    engine_options(p)
     p.set_defaults(func=_cmd_enhance)
 
     p = sub.add_parser(

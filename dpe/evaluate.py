@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dpe.__main__ import engine_options
 from dpe.degrade import PRESETS, degrade
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".webp"}
@@ -121,10 +122,14 @@ def evaluate(
     gallery_images: int = 3,
     per_image: bool = False,
     progress: bool = True,
+    engine: str | None = None,
+    cluster: dict | None = None,
 ) -> dict:
     """Degrade, enhance and score every image with every method; returns the JSON-able report.
 
     Methods whose weights cannot be found are skipped and listed under ``"skipped"``.
+    ``engine="ray"`` measures the images on a Ray cluster (``cluster``: the keyword arguments
+    of `dpe.scale.measure_items`); the report is the same.
     """
     from tqdm import tqdm
 
@@ -143,7 +148,16 @@ def evaluate(
     records: list[dict] = []  # one per (image, method): seed-averaged scores
     rows_shown: dict[str, list[tuple[str, dict]]] = {}  # group -> (relpath, panels)
     bad_images = []
-    for item in tqdm(items, desc="evaluate", unit="img", disable=not progress):
+    todo = items  # measured here, one by one, unless a cluster does it
+    if engine == "ray":
+        from dpe.scale import measure_items
+
+        options = {"preset": preset, "seeds": seeds, "clean": clean, "quiet": not progress}
+        records, rows_shown, bad_images = measure_items(
+            items, loaded, shown=shown, **options, **(cluster or {})
+        )
+        todo = []
+    for item in tqdm(todo, desc="evaluate", unit="img", disable=not progress):
         try:
             source = load_image(item.path)
         except ValueError as exc:  # dpe.io.ImageError: unreadable file, report and go on
@@ -598,6 +612,7 @@ def _parser() -> argparse.ArgumentParser:
     add("--json", type=Path, default=None, help="write the report here")
     add("--markdown", type=Path, default=None, help="write the tables here")
     add("--quiet", action="store_true", help="no progress bar")
+    engine_options(parser)
     return parser  # fmt: skip
 
 
@@ -626,7 +641,10 @@ def main(argv: list[str] | None = None) -> int:
                 gallery_images=args.gallery_images,
                 per_image=args.per_image,
                 progress=not args.quiet,
-            )
+                engine=args.engine,
+                cluster={"address": args.address, "num_cpus": args.cpus, "actors": args.actors,
+                         "gpus_per_actor": args.gpus_per_actor},
+            )  # fmt: skip
     except (ValueError, OSError) as exc:
         parser.error(str(exc))
     markdown = to_markdown(report)
