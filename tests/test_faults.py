@@ -25,7 +25,7 @@ from PIL import Image
 
 import study
 import study.session
-from benchmarks.load_study import AppServer, PageError, StudyPage, make_study
+from tests.load_harness import AppServer, PageError, StudyPage, make_study
 
 
 def tiny_images(folder: Path, n: int) -> list[Path]:

@@ -1,6 +1,6 @@
 """The study under load, during a backup and across a SIGKILL, over a real ``python app.py``.
 
-The raters are ``benchmarks/load_study.py``'s: each speaks the browser's protocol (Gradio's
+The raters are ``tests/load_harness.py``'s: each speaks the browser's protocol (Gradio's
 queue and event stream, the page's own event ids) with its own invite code, and records what
 the page acknowledged; afterwards that is checked against the SQLite file. One server
 subprocess serves the module (each test makes its own study in the same data folder); the
@@ -20,7 +20,9 @@ import pytest
 from PIL import Image
 
 import study
-from benchmarks.load_study import (
+from study import hub_backup
+from study.trials import hash_code
+from tests.load_harness import (
     Answer,
     AppServer,
     Ledger,
@@ -33,8 +35,6 @@ from benchmarks.load_study import (
     stored_votes,
     trial_order,
 )
-from study import hub_backup
-from study.trials import hash_code
 
 pytestmark = pytest.mark.slow
 
