@@ -26,6 +26,7 @@ from study.create import (
     UNSPECIFIED,
     ProgressFn,
     SourceImage,
+    as_sources,
     build_study,
     get_study,
     new_study,
@@ -82,9 +83,17 @@ def create_study(
     ``degrade`` is a `dpe.degrade` preset applied to clean sources first (None: the sources
     are already low quality). ``options`` go to `study.new_study` (instructions, design, ...).
     ``on_created(study_id)`` is told the id once the study is registered, before the slow part.
+    Every source is read once first, so an unreadable file registers no study.
     """
     methods = [str(m).strip() for m in methods]
     check_options(methods, degrade)
+    pixels = StudyPixels(degrade)
+    images = as_sources(images)
+    for source in images:  # an unreadable file stops here, before a study is registered
+        try:
+            pixels.read(source.path)
+        except (OSError, ValueError) as exc:
+            raise StudyError(f"cannot read image {source.name}: {exc}") from None
     if resume:
         stored = [m["key"] for m in get_study(db, resume)["methods"]]
         if stored != methods:
@@ -103,7 +112,6 @@ def create_study(
     )
     if on_created is not None:
         on_created(study_id)
-    pixels = StudyPixels(degrade)
     build_study(
         db,
         study_id,

@@ -75,7 +75,7 @@ def create_study(
     (seed + its position) and kept as a reference. This is :func:`new_study` followed by
     :func:`build_study`; if it is interrupted, call :func:`build_study` again to finish.
     """
-    sources = _as_sources(images)
+    sources = as_sources(images)
     study_id = new_study(
         db,
         title,
@@ -144,7 +144,7 @@ def build_study(
     if study["settings"]["degraded"] != (degrade_fn is not None):
         wanted = "with" if study["settings"]["degraded"] else "without"
         raise StudyError(f"study {study_id} was created {wanted} degradation; resume the same way.")
-    sources = _as_sources(images)
+    sources = as_sources(images)
     media = db.media_root / study_id
     media.mkdir(parents=True, exist_ok=True)
     seed = study["settings"]["seed"]
@@ -155,7 +155,8 @@ def build_study(
         log_event(db, study_id, "study_opened")
 
 
-def _as_sources(images) -> list[SourceImage]:
+def as_sources(images: Sequence[SourceImage | str | os.PathLike]) -> list[SourceImage]:
+    """``images`` as `SourceImage`; raises `StudyError` for none, or two with one name."""
     sources = [s if isinstance(s, SourceImage) else SourceImage(Path(s)) for s in images]
     if not sources:
         raise StudyError("no images given; a study needs at least one source image.")

@@ -88,3 +88,12 @@ def test_find_images_takes_modality_from_subfolders(tmp_path):
         bridge.find_images(tmp_path / "empty")
     with pytest.raises(study.StudyError, match="does not exist"):
         bridge.find_images(tmp_path / "missing")
+
+
+def test_an_unreadable_image_is_refused_before_a_study_is_registered(tmp_path):
+    db = study.open_db(tmp_path / "data" / "study.db")
+    (good,) = write_images(tmp_path / "in", 1)
+    (tmp_path / "in" / "broken.png").write_bytes(b"not a picture")
+    with pytest.raises(study.StudyError, match="cannot read image broken.png: "):
+        bridge.create_study(db, "T", bridge.find_images(good.parent), ["identity", "clahe"])
+    assert study.list_studies(db) == []
