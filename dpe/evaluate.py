@@ -35,6 +35,7 @@ runs over the same images, preset and seeds.
 from __future__ import annotations
 
 import argparse
+import math
 import io
 import json
 import sys
@@ -513,6 +514,26 @@ def combine(reports: list[dict]) -> dict:
     if any("per_image" in r for r in reports):
         combined["per_image"] = [rec for r in reports for rec in r.get("per_image", [])]
     return combined
+
+
+CLEAN_CAP = 40.0  # dB: beyond this an unchanged image and the method's output look the same
+
+
+def recommend(report: dict) -> list[tuple[str, float]]:
+    """Methods ranked by harm and help together, best first, with their scores.
+
+    Per group (``all`` aside), a method's score is the mean of its degraded-input PSNR and its
+    clean-input PSNR capped at ``CLEAN_CAP``; its overall score is its worst group's. A method
+    that restores degraded images but spoils good ones (or the reverse) cannot rank first.
+    Methods without clean-input columns are left out.
+    """
+    worst: dict[str, float] = {}
+    for row in report["results"]:
+        if row["group"] == ALL or row.get("clean_psnr") is None:
+            continue
+        score = (row["psnr"] + min(row["clean_psnr"], CLEAN_CAP)) / 2
+        worst[row["method"]] = min(worst.get(row["method"], math.inf), score)
+    return sorted(worst.items(), key=lambda kv: -kv[1])
 
 
 def _parse_methods(values: list[str]) -> list[str]:

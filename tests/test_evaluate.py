@@ -395,3 +395,23 @@ def test_combine_refuses_other_seeds_and_keeps_intervals(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--combine", str(tmp_path / "a.json"), str(tmp_path / "c.json")])
     assert "different seeds: [0, 1] vs [0, 2]" in capsys.readouterr().err
+
+
+def test_recommend_ranks_by_the_worst_group_of_help_and_harm():
+    from dpe.evaluate import recommend
+
+    def row(group, method, psnr, clean):
+        return {"group": group, "method": method, "psnr": psnr, "clean_psnr": clean}
+
+    report = {
+        "results": [
+            row("a", "bold", 30.0, 15.0),  # restores well, spoils good images
+            row("b", "bold", 30.0, 60.0),
+            row("a", "gentle", 22.0, 45.0),
+            row("b", "gentle", 21.0, 50.0),
+            row("all", "bold", 30.0, 99.0),
+        ]
+    }
+    ranking = recommend(report)
+    assert [m for m, _ in ranking] == ["gentle", "bold"]
+    assert ranking[0][1] == (21.0 + 40.0) / 2 and ranking[1][1] == (30.0 + 15.0) / 2
