@@ -35,9 +35,9 @@ runs over the same images, preset and seeds.
 from __future__ import annotations
 
 import argparse
-import math
 import io
 import json
+import math
 import sys
 import time
 import zlib
