@@ -66,11 +66,11 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, quiet: b
 def _plan(ray, actors: int | None, gpus_per_actor: float) -> tuple[int, float, float]:
     """(actors, CPUs per actor, CPUs per decode/write task) for this cluster.
 
-    Without GPUs, half the CPUs go to model actors and the rest to decoding and writing; on a
-    one-CPU cluster both share it, so an actor holding the CPU cannot starve the tasks that
-    feed it. A task asks for half an actor's CPUs: decoding and writing are lighter than the
-    model, and the different request keeps Ray from fusing decoding into the actors (which
-    would leave a GPU waiting while its actor decodes).
+    Without GPUs: one model actor per CPU, each asking for 3/4 of one, so the quarters left
+    run the decode and write tasks that feed them (measured at under a tenth of the model's
+    time per file, benchmarks/bench_scale.py). An actor's torch uses one thread per CPU it
+    was given. A task asking for less than an actor also keeps Ray from fusing decoding into
+    the actors, which would leave a GPU waiting while its actor decodes.
     """
     cpus = ray.cluster_resources().get("CPU", 1.0)
     if gpus_per_actor > 0:
@@ -81,9 +81,7 @@ def _plan(ray, actors: int | None, gpus_per_actor: float) -> tuple[int, float, f
                 "drop the option to run on CPUs."
             )
         return actors or max(1, int(gpus // gpus_per_actor)), 1.0, 0.5
-    if cpus < 2:
-        return actors or 1, cpus / 2, cpus / 4
-    return actors or max(1, int(cpus // 2)), 1.0, 0.5
+    return actors or max(1, int(cpus)), 0.75, 0.25
 
 
 # --------------------------------------------------------------------------------------------
@@ -119,6 +117,9 @@ class _Enhancer:
 
         import dpe
 
+        # dpe.methods' deep methods size their torch threads by OMP_NUM_THREADS: one actor, its
+        # share of the CPUs, and the bytes `OMP_NUM_THREADS=N python -m dpe enhance` writes
+        os.environ["OMP_NUM_THREADS"] = str(max(1, threads))
         torch.set_num_threads(max(1, threads))
         self.method = dpe.get_method(method)
 
@@ -264,6 +265,9 @@ class _Evaluator:
 
         from dpe.methods import get_method
 
+        # dpe.methods' deep methods size their torch threads by OMP_NUM_THREADS: one actor, its
+        # share of the CPUs, and the bytes `OMP_NUM_THREADS=N python -m dpe enhance` writes
+        os.environ["OMP_NUM_THREADS"] = str(max(1, threads))
         torch.set_num_threads(max(1, threads))
         self.methods = {name: get_method(name) for name in methods}
         self.options = options

@@ -87,7 +87,11 @@ def _manifest(folder: Path) -> dict[str, dict]:
         return {Path(row["source"]).name: row for row in csv.DictReader(f)}
 
 
-def test_archive_on_ray_matches_one_process_and_lists_bad_files(cluster, archive, tmp_path):
+def test_archive_on_ray_matches_one_process_and_lists_bad_files(
+    cluster, archive, tmp_path, monkeypatch
+):
+    # Each actor runs one torch thread; deep methods' floats depend on the thread count.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     sources = sorted(p for p in archive.rglob("*") if p.is_file())
     assert len(sources) >= 36
     one = ["enhance", str(archive), "--method", "dpe-s", "--quiet", "--out"]
@@ -110,7 +114,8 @@ def test_archive_on_ray_matches_one_process_and_lists_bad_files(cluster, archive
     assert not list((tmp_path / "ray").rglob("*.part"))
 
 
-def test_a_killed_job_resumes_where_it_stopped(cluster, archive, tmp_path):
+def test_a_killed_job_resumes_where_it_stopped(cluster, archive, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the one-process reference, as an actor runs
     out = tmp_path / "out"
     command = [sys.executable, "-m", "dpe", "enhance", str(archive), "--method", "dpe-s"]
     command += ["--out", str(out), "--engine", "ray", "--cpus", "2", "--quiet"]

@@ -28,6 +28,11 @@ OVERLAP = 128  # pixels shared by neighbouring tiles; wide enough that seams fal
 
 
 def _cores() -> int:
+    # A worker given a share of the machine keeps to it (Ray sets OMP_NUM_THREADS to an
+    # actor's CPUs); the same thread count gives the same floats, so the same output bytes.
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    if threads.isdigit() and int(threads) > 0:
+        return int(threads)
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
