@@ -475,10 +475,13 @@ def train_step(
     lr: float,
     labels: torch.Generator | None = None,
     params: torch.Tensor | None = None,
+    sync=None,
 ) -> dict[str, float]:
     """One discriminator step (if there is one), then one generator step; returns the losses.
 
     ``params``: DPE-G v2's global correction, read from each patch's whole degraded tile.
+    ``sync(parameters)``, when given, runs between each backward pass and its optimiser step
+    (data-parallel training averages the gradients of all processes there).
     """
     for opt in (opt_g, opt_d):
         if opt is not None:
@@ -494,6 +497,8 @@ def train_step(
             opt_d.zero_grad(set_to_none=True)
             d_loss = discriminator_loss(disc, clean, out, labels)
             d_loss.backward()
+            if sync is not None:
+                sync(disc.parameters())
             opt_d.step()
             stats["d_loss"] = float(d_loss.detach())
             disc.requires_grad_(False)  # the generator step needs no gradients for D's weights
@@ -501,6 +506,8 @@ def train_step(
     # Parameters without a gradient (RetinexNet's idle half in each stage) are left alone by Adam
     opt_g.zero_grad(set_to_none=True)
     g_loss.backward()
+    if sync is not None:
+        sync(model.parameters())
     opt_g.step()
     return {"loss": float(g_loss.detach()), **terms, **stats}
 
@@ -575,6 +582,80 @@ def export_weights(model: nn.Module, path: Path, **info) -> None:
 # the run
 
 
+@dataclass(frozen=True)
+class Processes:
+    """This process's place in a data-parallel run (``accelerate launch -m dpe.train``).
+
+    Every process draws the same global batch from the same seed and trains on its own
+    contiguous part of it; gradients are averaged before each optimiser step, so the run takes
+    the steps one process would take with the whole batch (up to float summation order), and a
+    checkpoint resumes under any number of processes. Only rank 0 validates, exports, writes
+    checkpoints and logs. A plain ``python -m dpe.train`` is rank 0 of 1 and never imports
+    Accelerate.
+    """
+
+    rank: int = 0
+    world: int = 1
+
+    @classmethod
+    def detect(cls) -> Processes:
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return cls()
+        from accelerate import PartialState
+
+        # Joins the process group the launcher set up. cpu=True: this loop keeps the model and
+        # its batches on the CPU, so the group is gloo even on a machine with GPUs.
+        state = PartialState(cpu=True)
+        return cls(state.process_index, state.num_processes)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def part(self, batch_size: int) -> slice:
+        """This process's samples of a global batch."""
+        per = batch_size // self.world
+        return slice(self.rank * per, (self.rank + 1) * per)
+
+    def average_gradients(self, parameters) -> None:
+        """Replace each gradient by its mean over the processes (one all-reduce)."""
+        from accelerate.utils import reduce
+
+        grads = [p.grad for p in parameters if p.grad is not None]
+        if not grads:
+            return
+        flat = reduce(torch.cat([g.reshape(-1) for g in grads]), reduction="mean")
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def mean(self, stats: dict[str, float]) -> dict[str, float]:
+        """The losses of the global batch: the mean of every process's."""
+        if self.world == 1:
+            return stats
+        from accelerate.utils import reduce
+
+        keys = list(stats)
+        values = reduce(torch.tensor([stats[k] for k in keys], dtype=torch.float64), "mean")
+        return dict(zip(keys, values.tolist(), strict=True))
+
+    def anyone(self, flag: bool) -> bool:
+        """True on every process when it is true on any (a stop must stop them all at once)."""
+        if self.world == 1:
+            return flag
+        from accelerate.utils import reduce
+
+        return bool(reduce(torch.tensor([float(flag)]), reduction="max").item() > 0)
+
+    def close(self) -> None:
+        if self.world > 1:
+            from accelerate import PartialState
+
+            PartialState().wait_for_everyone()
+            PartialState().destroy_process_group()
+
+
 class _Stop:
     """Set by SIGTERM/SIGINT; the loop finishes its step, checkpoints and exits."""
 
@@ -587,6 +668,12 @@ class _Stop:
 
 def train(config: TrainConfig, *, command: str = "") -> dict:
     """Run (or continue) training as ``config`` says; returns the final state summary."""
+    procs = Processes.detect()
+    if config.batch_size % procs.world:
+        raise ValueError(
+            f"--batch-size {config.batch_size} is the global batch; it must split evenly over "
+            f"{procs.world} processes."
+        )
     torch.set_num_threads(config.threads or max(1, len(os.sched_getaffinity(0))))
     ckpt_file = checkpoint_path(config)
     checkpoint = None
@@ -682,8 +769,9 @@ def train(config: TrainConfig, *, command: str = "") -> dict:
     val = load_validation(data / "val", config)
     data_info = _data_summary(data, tiles)
     weights_file = Path(config.out_dir) / f"{config.name}.safetensors"
+    who = f"[process {procs.rank} of {procs.world}] " if procs.world > 1 else ""
     print(
-        f"{config.name}: {type(model).__name__} width {model.config.width}, "
+        f"{who}{config.name}: {type(model).__name__} width {model.config.width}, "
         f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params; from {init_note}\n"
         f"  objective: {config.describe_loss()}\n"
         f"  Adam: lr {lr:g}, betas {tuple(betas)}"
@@ -697,12 +785,19 @@ def train(config: TrainConfig, *, command: str = "") -> dict:
         f"(degraded input {val.input_psnr:.2f} dB); crop {config.crop}, whole {config.whole_frac}, "
         f"balanced per {config.balance}"
         + (f" {data_info['sources']}" if "sources" in data_info else "")
-        + f", batch {config.batch_size}; {torch.get_num_threads()} threads",
+        + f", batch {config.batch_size}; {torch.get_num_threads()} threads"
+        + (
+            f"; {procs.world} processes, {config.batch_size // procs.world} samples each"
+            if procs.world > 1
+            else ""
+        ),
         file=sys.stderr,
         flush=True,
     )
 
     def save_checkpoint() -> None:
+        if not procs.main:
+            return
         state = {
             "model": model.state_dict(),
             "model_config": model.config_dict(),
@@ -728,6 +823,9 @@ def train(config: TrainConfig, *, command: str = "") -> dict:
 
     def run_validation() -> None:
         nonlocal best, best_step
+        if not procs.main:
+            history.append([step, None])
+            return
         score = validate(ema if ema is not None else model, val, config.select)
         history.append([step, score])
         improved = score > best
@@ -751,6 +849,15 @@ def train(config: TrainConfig, *, command: str = "") -> dict:
                 **({"ema": config.ema} if ema is not None else {}),
                 batch_size=config.batch_size,
                 lr=lr,
+                **(
+                    {
+                        "processes": procs.world,
+                        "effective_batch": config.batch_size,
+                        "per_process_batch": config.batch_size // procs.world,
+                    }
+                    if procs.world > 1
+                    else {}
+                ),
                 hardware=_hardware(),
                 **({"init_from": init_info} if init_info else {}),
                 command=command,
@@ -768,6 +875,9 @@ def train(config: TrainConfig, *, command: str = "") -> dict:
     tty = sys.stderr.isatty()
     bar = tqdm(total=config.steps, initial=step, unit="step", disable=not tty, dynamic_ncols=True)
     log = bar.write if tty else lambda msg: print(msg, file=sys.stderr, flush=True)
+    if not procs.main:
+        tty, log = False, lambda msg: None
+        bar.disable = True
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _Stop.handler)
@@ -778,10 +888,13 @@ def train(config: TrainConfig, *, command: str = "") -> dict:
         run_validation()
     last_val_step, window = step, (time.monotonic(), step)
     try:
-        while not _Stop.requested and time.monotonic() < deadline:
+        while not procs.anyone(_Stop.requested or time.monotonic() >= deadline):
             if config.steps is not None and step >= config.steps:
                 break
             low, clean, wholes = sample_batch(tiles, config, rng)
+            if procs.world > 1:  # every process drew the global batch; each trains on its part
+                part = procs.part(config.batch_size)
+                low, clean, wholes = low[part], clean[part], wholes[part]
             params = None
             if wholes:  # dpeg2: each patch's correction from its whole degraded tile
                 params = torch.cat([model.global_params(w) for w in wholes])
@@ -796,7 +909,9 @@ def train(config: TrainConfig, *, command: str = "") -> dict:
                 lr=get_lr(step, config),
                 labels=labels,
                 params=params,
+                sync=procs.average_gradients if procs.world > 1 else None,
             )
+            stats = procs.mean(stats)
             if ema is not None:
                 update_ema(ema, model, config.ema)
             step += 1
@@ -822,6 +937,7 @@ def train(config: TrainConfig, *, command: str = "") -> dict:
         bar.close()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    procs.close()  # after rank 0's last checkpoint
     total = wall_time + time.monotonic() - start
     log(
         f"stopped at step {step} after {total / 60:.1f} min in all; "
