@@ -148,8 +148,8 @@ class LoadedImage:
         True when the source had one intensity channel (with or without alpha).
     gray : bool
         True when the picture is grayscale: one channel, or colour channels within two levels
-        of each other (then made identical). Pass it on as ``degrade(..., gray=)`` and
-        ``enhance(..., gray=)`` so a gray source stays gray.
+        of each other (the pixels are kept as they are). Pass it on as ``degrade(..., gray=)``
+        and ``enhance(..., gray=)`` so a gray source stays gray.
     notes : list of str
         What was done that a viewer should know: frames skipped, window used, values rescaled,
         colour conversions.
@@ -393,11 +393,11 @@ def _finish(
     if values.shape[2] == 1:
         values = np.repeat(values, 3, axis=2)
     values = _orient(values, orientation)
+    # An RGB file of a gray picture (a screenshot, a JPEG with chroma noise) is gray: passed on
+    # as gray=, it makes the degradation and every method return identical channels. The
+    # pixels themselves are kept as the file has them.
     gray = samples.was_grayscale or _near_gray(values, bit_depth)
-    if gray and not _is_exactly_gray(values):
-        # An RGB file of a gray picture (a screenshot, a JPEG with chroma noise) is gray: the
-        # methods and the degradation keep it gray only if its channels are identical.
-        values = np.repeat(values.mean(axis=2, keepdims=True), 3, axis=2)
+    if gray and not samples.was_grayscale and not _is_exactly_gray(values):
         notes.append("RGB file with equal channels (within 2 levels): treated as grayscale.")
     height, width = values.shape[:2]
     channels = samples.source_channels

@@ -1039,8 +1039,33 @@ def test_rgb_file_of_a_gray_picture_loads_as_gray(tmp_path):
     Image.fromarray(rgb.astype(np.uint8)).save(tmp_path / "g.png")
     loaded = load_image(tmp_path / "g.png")
     assert loaded.gray and not loaded.was_grayscale
-    assert np.array_equal(loaded.image[..., 0], loaded.image[..., 1])
+    assert np.array_equal(np.rint(loaded.image * 255), rgb)  # the pixels are kept as they are
     assert any("grayscale" in n for n in loaded.notes)
     rgb[0, 0] = (200, 100, 50)  # one coloured pixel: a colour picture, left as it is
     Image.fromarray(rgb.astype(np.uint8)).save(tmp_path / "c.png")
     assert not load_image(tmp_path / "c.png").gray
+
+
+def _with_sbit(png: bytes, bits: int) -> bytes:
+    """Insert an sBIT chunk after IHDR (PNG: samples already scaled to the full range)."""
+    end = 8 + 8 + 13 + 4  # signature, IHDR length+type, IHDR data, CRC
+    body = b"sBIT" + bytes([bits])
+    chunk = struct.pack(">I", 1) + body + struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF)
+    return png[:end] + chunk + png[end:]
+
+
+def test_16_bit_gray_without_a_window_is_shown_at_its_stored_depth(tmp_path):
+    xray = (np.arange(64 * 64).reshape(64, 64) % 4096).astype(np.uint16)  # 12-bit values
+    ok, png = cv2.imencode(".png", xray)
+    loaded = load_image(png.tobytes())
+    assert loaded.image.max() == 1.0 and loaded.bit_depth == 16  # 4095 is white, not 6% gray
+    assert any("12-bit" in n for n in loaded.notes)
+    full = load_image(_with_sbit(png.tobytes(), 12))  # sBIT: the file says it is full range
+    np.testing.assert_allclose(full.image[..., 0], xray / 65535.0, atol=1e-6)
+    nuclei = (np.arange(32 * 32).reshape(32, 32) % 236).astype(np.uint16)  # 8-bit data
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, nuclei, photometric="minisblack")
+    np.testing.assert_allclose(load_image(buf.getvalue()).image[..., 0], nuclei / 255.0, atol=1e-6)
+    top = xray.astype(np.uint32) * 16  # uses the top bit: kept as 16-bit data
+    ok, png = cv2.imencode(".png", top.astype(np.uint16))
+    np.testing.assert_allclose(load_image(png.tobytes()).image[..., 0], top / 65535.0, atol=1e-6)
