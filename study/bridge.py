@@ -144,7 +144,10 @@ class StudyPixels:
     def read(self, path: Path) -> np.ndarray:
         """`dpe.demo.prepare`: any format, fitted to ``DPE_MAX_MEGAPIXELS``."""
         prepared = demo.prepare(path)
-        return self._remember(prepared.image, prepared.gray)
+        image = prepared.image
+        if prepared.gray:  # an RGB file of a gray picture is shown to raters as exactly gray
+            image = np.repeat(image.mean(axis=2, keepdims=True), 3, axis=2)
+        return self._remember(image, prepared.gray)
 
     def degrade(self, image: np.ndarray, seed: int) -> np.ndarray:
         """The low-quality twin of a source, under ``preset``."""

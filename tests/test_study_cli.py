@@ -173,3 +173,20 @@ def test_an_unknown_degradation_preset_is_one_line_and_registers_no_study(tmp_pa
     assert len(made.stderr.strip().splitlines()) == 1  # no traceback
     with study.open_db(data_dir / "study.db") as db:
         assert study.list_studies(db) == []  # nothing stuck in "creating"
+
+
+def test_a_nearly_gray_rgb_scan_makes_a_study_without_a_degradation(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    gray = rng.integers(10, 240, (40, 48)).astype(np.int16)
+    rgb = np.stack([gray, gray + rng.integers(-2, 3, gray.shape), gray], -1)
+    Image.fromarray(rgb.clip(0, 255).astype(np.uint8)).save(folder / "screenshot.png")
+    made = run_cli(
+        tmp_path / "data", "create", "--title", "G", "--images", str(folder),
+        "--methods", "identity,clahe",
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
