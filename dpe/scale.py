@@ -112,7 +112,7 @@ def _pixels(row: dict) -> np.ndarray:
 class _Enhancer:
     """Stage 2: one actor, one method loaded once; enhances one image per call."""
 
-    def __init__(self, method: str, threads: int):
+    def __init__(self, method: str, threads: int, gpu: bool):
         import torch
 
         import dpe
@@ -122,6 +122,8 @@ class _Enhancer:
         os.environ["OMP_NUM_THREADS"] = str(max(1, threads))
         torch.set_num_threads(max(1, threads))
         self.method = dpe.get_method(method)
+        if gpu and hasattr(self.method.inner, "to"):  # a deep method; the classic ones are numpy
+            self.method.inner.to("cuda")
 
     def __call__(self, batch: dict) -> dict:
         rows = [
@@ -227,7 +229,11 @@ def enhance_files(
         ds = ds.map(_decode, num_cpus=task_cpus)
         ds = ds.map_batches(
             _Enhancer,
-            fn_constructor_kwargs={"method": method, "threads": max(1, int(actor_cpus))},
+            fn_constructor_kwargs={
+                "method": method,
+                "threads": max(1, int(actor_cpus)),
+                "gpu": gpus_per_actor > 0,
+            },
             batch_size=1,
             compute=ray.data.ActorPoolStrategy(size=n_actors),
             num_cpus=actor_cpus,
@@ -260,7 +266,7 @@ def enhance_files(
 class _Evaluator:
     """One actor with every method loaded once; measures one image per call."""
 
-    def __init__(self, methods: list[str], threads: int, options: dict):
+    def __init__(self, methods: list[str], threads: int, gpu: bool, options: dict):
         import torch
 
         from dpe.methods import get_method
@@ -270,6 +276,9 @@ class _Evaluator:
         os.environ["OMP_NUM_THREADS"] = str(max(1, threads))
         torch.set_num_threads(max(1, threads))
         self.methods = {name: get_method(name) for name in methods}
+        for method in self.methods.values():
+            if gpu and hasattr(method.inner, "to"):
+                method.inner.to("cuda")
         self.options = options
 
     def __call__(self, batch: dict) -> dict:
@@ -327,6 +336,7 @@ def measure_items(
         fn_constructor_kwargs={
             "methods": list(methods),
             "threads": max(1, int(actor_cpus)),
+            "gpu": gpus_per_actor > 0,
             "options": {"preset": preset, "seeds": seeds, "clean": clean},
         },
         batch_size=1,

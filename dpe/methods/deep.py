@@ -98,15 +98,20 @@ class TorchMethod:
         net.load_state_dict(state, strict=True)  # a renamed or missing key is an error
         return cls(name, method_info(name)["label"], net)
 
-    @staticmethod
-    def _tensor(image: np.ndarray) -> torch.Tensor:
+    def to(self, device: str | torch.device) -> TorchMethod:
+        """Run the network on ``device`` (e.g. ``"cuda"`` in a GPU worker); images stay numpy."""
+        self.net.to(device)
+        return self
+
+    def _tensor(self, image: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]  # (1, 3, H, W)
-        return x.contiguous(memory_format=torch.channels_last)
+        device = next(self.net.parameters()).device
+        return x.to(device).contiguous(memory_format=torch.channels_last)
 
     @torch.inference_mode()
     def _forward(self, image: np.ndarray, **kwargs) -> np.ndarray:
         y = self.net(self._tensor(image), **kwargs)[0].permute(1, 2, 0)  # (H, W, 3)
-        return y.float().clamp_(0, 1).numpy().astype(np.float32, copy=False)
+        return y.float().clamp_(0, 1).cpu().numpy().astype(np.float32, copy=False)
 
     def enhance(self, image: np.ndarray, *, tile: int | None = None, **options) -> np.ndarray:
         """Enhance a float32 (H, W, 3) image; tiles above ``TILE_ABOVE_MP`` megapixels."""
