@@ -204,59 +204,89 @@ def enhance_files(
     """Enhance each ``(source, target)`` on Ray; returns counts by status.
 
     Targets that exist are skipped (resume); the manifest in ``out`` gets one row per source.
+    Sources that share a target (``a.png`` beside ``a.dcm``) are tried in order, as the
+    one-process command does: the first that succeeds writes it, the later ones are refused.
     """
     from dpe.__main__ import _clash, _shown
 
     manifest = Path(out) / MANIFEST
     rows = {row["source"]: row for row in read_manifest(manifest)}
-    work, written = [], {}
+    queues: dict[Path, list[Path]] = {}
     for source, target in pairs:
-        row = {"source": str(source), "output": str(target), "method": method}
-        if clash := _clash(source, target, written):
-            rows[str(source)] = {**row, "status": "failed", "error": clash}
-            print(clash, file=sys.stderr)
-        elif target.exists():
-            before = rows.get(str(source), {})
-            if before.get("status") != "written" or before.get("output") != str(target):
-                rows[str(source)] = {**row, "status": "existing"}
+        queues.setdefault(target, []).append(source)
+    writers: dict[Path, Path] = {}  # target -> the source whose output it is
+    work = []
+    for target, sources in queues.items():
+        if target.exists():  # resume: an earlier run wrote it
+            done = [s for s in sources if rows.get(str(s), {}).get("output") == str(target)]
+            writer = next((s for s in done if rows[str(s)]["status"] != "failed"), sources[0])
+            if rows.get(str(writer), {}).get("status") != "written":
+                rows[str(writer)] = {"source": str(writer), "output": str(target),
+                                     "method": method, "status": "existing"}  # fmt: skip
+            writers[target] = writer
         else:
-            work.append(row | {"error": ""})
-        written.setdefault(target, source)
-    if work:
-        ray = connect(address, num_cpus=num_cpus, quiet=quiet)
-        n_actors, actor_cpus, task_cpus = _plan(ray, actors, gpus_per_actor)
-        ds = ray.data.from_items(work, override_num_blocks=min(len(work), 200 * n_actors))
-        ds = ds.map(_decode, num_cpus=task_cpus)
-        ds = ds.map_batches(
-            _Enhancer,
-            fn_constructor_kwargs={
-                "method": method,
-                "threads": max(1, int(actor_cpus)),
-                "gpu": gpus_per_actor > 0,
-            },
-            batch_size=1,
-            compute=ray.data.ActorPoolStrategy(size=n_actors),
-            num_cpus=actor_cpus,
-            num_gpus=gpus_per_actor,
-        )
-        ds = ds.map(_write, fn_kwargs={"bits": bits}, num_cpus=task_cpus)
-        # Rows are appended as they stream back, so a killed job keeps what it finished.
-        with manifest.open("a", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, FIELDS, extrasaction="ignore")
-            if f.tell() == 0:
-                writer.writeheader()
-            for row in ds.iter_rows():
-                rows[row["source"]] = row
-                writer.writerow(row)
-                f.flush()
-                if row["status"] == "failed":
-                    print(f"skipped {_shown(Path(row['source']))}: {row['error']}", file=sys.stderr)
+            work.append(_work_row(sources[0], target, method))
+    while work:
+        retry = []
+        for row in _run(work, method, bits, manifest, address, num_cpus, actors, gpus_per_actor,
+                        quiet):  # fmt: skip
+            source, target = Path(row["source"]), Path(row["output"])
+            rows[str(source)] = row
+            if row["status"] == "written":
+                writers[target] = source
+                continue
+            print(f"skipped {_shown(source)}: {row['error']}", file=sys.stderr)
+            later = queues[target][queues[target].index(source) + 1 :]
+            if later:  # the next source for this output gets its turn
+                retry.append(_work_row(later[0], target, method))
+        work = retry
+    for target, sources in queues.items():
+        writer = writers.get(target)
+        for source in sources[sources.index(writer) + 1 :] if writer else []:
+            error = _clash(source, target, {target: writer})
+            rows[str(source)] = {"source": str(source), "output": str(target), "method": method,
+                                 "status": "failed", "error": error}  # fmt: skip
+            print(error, file=sys.stderr)
     _write_manifest(manifest, (rows[key] for key in sorted(rows)))
     counts: dict[str, int] = {}
     for source, _ in pairs:
         status = rows[str(source)]["status"]
         counts[status] = counts.get(status, 0) + 1
     return counts
+
+
+def _work_row(source: Path, target: Path, method: str) -> dict:
+    return {"source": str(source), "output": str(target), "method": method, "error": ""}
+
+
+def _run(work, method, bits, manifest, address, num_cpus, actors, gpus_per_actor, quiet):
+    """The pipeline over ``work``: yields each file's manifest row as it finishes, after
+    appending it to ``manifest``, so a killed job keeps the rows of what it finished."""
+    ray = connect(address, num_cpus=num_cpus, quiet=quiet)
+    n_actors, actor_cpus, task_cpus = _plan(ray, actors, gpus_per_actor)
+    ds = ray.data.from_items(work, override_num_blocks=min(len(work), 200 * n_actors))
+    ds = ds.map(_decode, num_cpus=task_cpus)
+    ds = ds.map_batches(
+        _Enhancer,
+        fn_constructor_kwargs={
+            "method": method,
+            "threads": max(1, int(actor_cpus)),
+            "gpu": gpus_per_actor > 0,
+        },
+        batch_size=1,
+        compute=ray.data.ActorPoolStrategy(size=n_actors),
+        num_cpus=actor_cpus,
+        num_gpus=gpus_per_actor,
+    )
+    ds = ds.map(_write, fn_kwargs={"bits": bits}, num_cpus=task_cpus)
+    with manifest.open("a", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, FIELDS, extrasaction="ignore")
+        if f.tell() == 0:
+            writer.writeheader()
+        for row in ds.iter_rows():
+            writer.writerow(row)
+            f.flush()
+            yield row
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from PIL import Image
 
 from dpe.__main__ import main as dpe_main
 from dpe.evaluate import main as evaluate_main
+from dpe.files import image_files
 from tests.data.make_bad import make_corpus
 
 pytest.importorskip("ray")
@@ -48,7 +49,8 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory) -> Path:
-    """40 files in nested folders: 8- and 16-bit PNG, gray JPEG, TIFF, DICOM, and 6 bad ones."""
+    """32 good files in nested folders (8- and 16-bit PNG, gray JPEG, TIFF, DICOM) and the
+    hostile-input corpus, whose files share stems (``random.dcm``, ``random.png``, ...)."""
     root = tmp_path_factory.mktemp("archive")
     rng = np.random.default_rng(0)
     for i in range(30):
@@ -70,11 +72,11 @@ def archive(tmp_path_factory) -> Path:
     for name in ("chest_xray_16bit.png", "tibia_xray.dcm", "head_ct.dcm", "shoulder_mr.dcm"):
         if (RADIOLOGY / name).is_file():
             shutil.copy(RADIOLOGY / name, root / name)
-    corpus = make_corpus(root / "corpus")
-    (root / "bad").mkdir()
-    for name in BAD:
-        shutil.copy(corpus[name], root / "bad" / name)
-    shutil.rmtree(root / "corpus")
+    # Sources sharing an output: the first by path that loads writes it, the later ones clash.
+    for name in ("twin.jpg", "twin.png", "twin2.png"):
+        Image.fromarray((rng.random((20, 30, 3)) * 150).astype(np.uint8)).save(root / name)
+    (root / "twin2.dcm").write_bytes(b"not a DICOM file at all")
+    make_corpus(root / "bad")  # the whole hostile corpus: python -m tests.data.make_bad
     return root
 
 
@@ -92,23 +94,26 @@ def test_archive_on_ray_matches_one_process_and_lists_bad_files(
 ):
     # Each actor runs one torch thread; deep methods' floats depend on the thread count.
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    sources = sorted(p for p in archive.rglob("*") if p.is_file())
-    assert len(sources) >= 36
+    sources = image_files(archive)
+    assert len(sources) >= 50
     one = ["enhance", str(archive), "--method", "dpe-s", "--quiet", "--out"]
     assert dpe_main([*one, str(tmp_path / "one")]) == 1  # the bad files
     assert dpe_main([*one, str(tmp_path / "ray"), "--engine", "ray"]) == 1
 
     ray_out = _outputs(tmp_path / "ray")
     assert ray_out == _outputs(tmp_path / "one")  # same files, same bytes
-    assert len(ray_out) == len(sources) - len(BAD)
     rows = _manifest(tmp_path / "ray")
     assert len(rows) == len(sources)
     for name, reason in BAD.items():
         assert rows[name]["status"] == "failed" and reason in rows[name]["error"], rows[name]
-        assert "\n" not in rows[name]["error"]
-    good = [row for name, row in rows.items() if name not in BAD]
-    assert {row["status"] for row in good} == {"written"}
+    failed = [row for row in rows.values() if row["status"] == "failed"]
+    assert all(row["error"] and "\n" not in row["error"] for row in failed)
+    good = [row for row in rows.values() if row["status"] != "failed"]
+    assert {row["status"] for row in good} == {"written"} and len(good) == len(ray_out)
     assert all(Path(row["output"]).is_file() and float(row["seconds"]) > 0 for row in good)
+    assert rows["twin.jpg"]["status"] == "written"
+    assert "twin_dpe-s.png was already written from" in rows["twin.png"]["error"]
+    assert rows["twin2.dcm"]["status"] == "failed" and rows["twin2.png"]["status"] == "written"
     assert rows["img0.png"]["bits"] == "16" and rows["img3.png"]["bits"] == "8"
     assert rows["img1.jpg"]["size"] == "40x25"  # W x H
     assert not list((tmp_path / "ray").rglob("*.part"))
@@ -132,15 +137,15 @@ def test_a_killed_job_resumes_where_it_stopped(cluster, archive, tmp_path, monke
         os.killpg(job.pid, signal.SIGKILL)  # the job and the cluster it started
         job.wait(timeout=30)
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
-    assert 3 <= len(before) < 34, "the job was not interrupted part-way"
+    assert 3 <= len(before) < 40, "the job was not interrupted part-way"
 
     assert dpe_main(["enhance", str(archive), "--method", "dpe-s", "--quiet", "--out",
                      str(out), "--engine", "ray"]) == 1  # fmt: skip
     assert all(p.stat().st_mtime_ns == t for p, t in before.items())  # not redone
     assert not list(out.rglob("*.part"))
     rows = _manifest(out)
-    assert len(rows) == len([p for p in archive.rglob("*") if p.is_file()])
-    assert sum(row["status"] == "failed" for row in rows.values()) == len(BAD)
+    assert len(rows) == len(image_files(archive))
+    assert not [row for row in rows.values() if row["status"] == "failed" and not row["error"]]
     assert dpe_main(["enhance", str(archive), "--method", "dpe-s", "--quiet", "--out",
                      str(tmp_path / "one")]) == 1  # fmt: skip
     assert _outputs(out) == _outputs(tmp_path / "one")
