@@ -155,13 +155,15 @@ def engine_options(parser: argparse.ArgumentParser) -> None:
         "--actors",
         type=int,
         default=None,
-        help="model actors (default: half the cluster's CPUs, or one per --gpus-per-actor)",
+        help="model actors (default: one per CPU of the cluster, each with one torch thread; "
+        "with --gpus-per-actor, as many as the GPUs allow)",
     )
     group.add_argument(
         "--gpus-per-actor",
         type=float,
         default=0.0,
-        help="GPUs each model actor reserves (default 0: CPU actors)",
+        help="GPUs each model actor reserves; a deep method's network runs there (default 0: "
+        "CPU actors)",
     )
 
 

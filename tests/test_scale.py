@@ -169,9 +169,16 @@ def test_without_engine_ray_is_not_imported(tmp_path):
 def test_evaluate_on_ray_gives_the_same_report(cluster, archive, tmp_path):
     args = ["--images", str(archive / "study1"), "--methods", "identity,autocontrast",
             "--seeds", "0,1", "--quiet", "--per-image"]  # fmt: skip
-    assert evaluate_main([*args, "--json", str(tmp_path / "one.json")]) == 0
-    assert evaluate_main([*args, "--json", str(tmp_path / "ray.json"), "--engine", "ray"]) == 0
+    for name, engine in (("one", []), ("ray", ["--engine", "ray"])):
+        out = [
+            "--json",
+            str(tmp_path / f"{name}.json"),
+            "--gallery",
+            str(tmp_path / f"gallery-{name}"),
+        ]
+        assert evaluate_main([*args, *out, *engine]) == 0
     one, ray = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "ray"))
+    assert _outputs(tmp_path / "gallery-one") == _outputs(tmp_path / "gallery-ray") != {}
     for report in (one, ray):  # timings differ, nothing else may
         for row in report["results"] + report["per_image"]:
             row.pop("seconds_per_mp", None), row.pop("seconds", None)
