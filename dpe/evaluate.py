@@ -472,14 +472,18 @@ def _cell(row: dict, col: str, best: float | None) -> str:
     return f"**{mean}** {bounds}" if value == best else f"{mean} {bounds}"
 
 
-def combine(reports: list[dict]) -> dict:
+def combine(reports: list[dict], *, common: bool = False) -> dict:
     """One report from several runs over the same images, preset and seeds (methods in order).
 
     Slow classic methods and freshly trained nets can then be measured in separate runs and
-    still land in one table. Runs that disagree on what they measured are refused.
+    still land in one table. Runs that disagree on what they measured are refused. With
+    ``common``, runs over different image sets are summarised again on the images that every
+    run measured (each run needs its ``per_image`` records, ``--per-image``).
     """
     if not reports:
         raise ValueError("nothing to combine.")
+    if common:
+        reports = [_restrict(r, _common_images(reports)) for r in reports]
 
     def facts(report: dict) -> dict:  # reports from before --seeds had one seed
         return {
@@ -514,6 +518,31 @@ def combine(reports: list[dict]) -> dict:
     if any("per_image" in r for r in reports):
         combined["per_image"] = [rec for r in reports for rec in r.get("per_image", [])]
     return combined
+
+
+def _common_images(reports: list[dict]) -> set[str]:
+    sets = []
+    for r in reports:
+        if "per_image" not in r:
+            raise ValueError("--common-images needs reports written with --per-image.")
+        sets.append({rec["relpath"] for rec in r["per_image"]})
+    common = set.intersection(*sets)
+    if not common:
+        raise ValueError("the reports have no image in common.")
+    return common
+
+
+def _restrict(report: dict, relpaths: set[str]) -> dict:
+    """``report`` summarised again over the per-image records of ``relpaths`` only."""
+    records = [rec for rec in report["per_image"] if rec["relpath"] in relpaths]
+    methods = list(dict.fromkeys(rec["method"] for rec in records))
+    seeds = report.get("seeds", [report.get("seed")])
+    return {
+        **report,
+        "images": len(relpaths),
+        "results": _summarise_all(records, methods, seeds),
+        "per_image": records,
+    }
 
 
 CLEAN_CAP = 40.0  # dB: beyond this an unchanged image and the method's output look the same
@@ -583,6 +612,12 @@ def _parser() -> argparse.ArgumentParser:
         "seeds) into one report and one table per group",
     )
     add(
+        "--common-images",
+        action="store_true",
+        help="with --combine: summarise every run again on the images all of them measured "
+        "(runs saved with --per-image)",
+    )
+    add(
         "--methods",
         nargs="+",
         default=["all"],
@@ -649,7 +684,8 @@ def main(argv: list[str] | None = None) -> int:
     seeds = args.seeds or args.seed or [0]
     try:
         if args.combine:
-            report = combine([json.loads(p.read_text()) for p in args.combine])
+            reports = [json.loads(p.read_text()) for p in args.combine]
+            report = combine(reports, common=args.common_images)
         else:
             items = find_images(args.images, max_per_group=args.max_images)
             report = evaluate(

@@ -1,5 +1,6 @@
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -415,3 +416,32 @@ def test_recommend_ranks_by_the_worst_group_of_help_and_harm():
     ranking = recommend(report)
     assert [m for m, _ in ranking] == ["gentle", "bold"]
     assert ranking[0][1] == (21.0 + 40.0) / 2 and ranking[1][1] == (30.0 + 15.0) / 2
+
+
+def test_combine_common_images_summarises_runs_over_overlapping_sets(two_groups, tmp_path):
+    root, _ = two_groups
+    subset = tmp_path / "subset"
+    for path in sorted(root.rglob("*.png"))[::2]:  # every other image, same relative paths
+        target = subset / path.relative_to(root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(path.resolve())
+
+    def run(images, methods, name):
+        out = tmp_path / f"{name}.json"
+        main(["--images", str(images), "--methods", methods, "--json", str(out),
+              "--per-image", "--quiet"])  # fmt: skip
+        return str(out)
+
+    full, part = run(root, "identity", "full"), run(subset, "autocontrast", "part")
+    joint = json.loads(Path(run(subset, "identity,autocontrast", "joint")).read_text())
+    with pytest.raises(SystemExit):  # different image sets: refused without the flag
+        main(["--combine", full, part, "--quiet"])
+    merged_json = tmp_path / "merged.json"
+    main(["--combine", full, part, "--common-images", "--json", str(merged_json), "--quiet"])
+    merged = json.loads(merged_json.read_text())
+    assert merged["images"] == joint["images"]
+
+    def key(report):
+        return [(r["group"], r["method"], r["n"], round(r["psnr"], 9)) for r in report["results"]]
+
+    assert sorted(key(merged)) == sorted(key(joint))
