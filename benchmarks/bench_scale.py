@@ -3,7 +3,8 @@
     python benchmarks/bench_scale.py [--files 40] [--side 512] [--method dpe-s]
 
 Writes a folder of ``--files`` PNGs (``--side`` px square; every fourth a 16-bit gray one),
-enhances it three times (one process as ``python -m dpe enhance`` runs it; Ray with
+enhances it four times (one process as ``python -m dpe enhance`` runs it, on every core and
+with ``OMP_NUM_THREADS=1``, the thread count of one Ray actor; Ray with
 ``ray.init(num_cpus=1)`` and ``num_cpus=2``, each in a fresh process so clusters do not
 overlap), then measures one worker's stages alone (decode, model, write: seconds per file,
 one torch thread) and one model worker's peak memory. Prints a Markdown table of measured
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -90,10 +92,11 @@ def _stages(folder: Path, method: str) -> dict:
     return {"decode": decode / n, "model": enhance / n, "write": write / n, "peak_mb": peak_mb}
 
 
-def _run(*args: str) -> dict:
+def _run(*args: str, env: dict | None = None) -> dict:
     result = subprocess.run(
         [sys.executable, __file__, "--child", *args],
         cwd=ROOT,
+        env={**os.environ, **(env or {})},
         capture_output=True,
         text=True,
         check=True,
@@ -119,13 +122,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "in"
         make_folder(folder, args.files, args.side)
-        runs = [("one process", "single", 0), ("Ray, 1 CPU", "ray", 1), ("Ray, 2 CPUs", "ray", 2)]
+        runs = [
+            ("one process", "single", 0, {}),
+            ("one process, OMP_NUM_THREADS=1", "single", 1, {"OMP_NUM_THREADS": "1"}),
+            ("Ray, 1 CPU", "ray", 1, {}),
+            ("Ray, 2 CPUs", "ray", 2, {}),
+        ]
         rows = []
-        for label, kind, cpus in runs:
-            got = _run(
-                kind, str(folder), str(Path(tmp) / f"out-{kind}{cpus}"), args.method, str(cpus)
-            )
-            rows.append((label, got))
+        for label, kind, cpus, env in runs:
+            out = str(Path(tmp) / f"out-{kind}{cpus}")
+            rows.append((label, _run(kind, str(folder), out, args.method, str(cpus), env=env)))
         stages = _run("stages", str(folder), args.method)
 
     mp = args.side * args.side / 1e6

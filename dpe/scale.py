@@ -14,8 +14,10 @@ workers, never on the driver):
 The driver appends one manifest row per file as results stream back (``manifest.csv`` in the
 output folder: source, output, method, size, seconds, error, status, bits), so a killed job
 keeps the rows of the files it finished. A rerun skips every output that already exists
-(resume) and rewrites the manifest with one row per source. Outputs are the same bytes as the
-one-process command's, because every stage is the same function it calls.
+(resume) and rewrites the manifest with one row per source. Outputs are the bytes the
+one-process command writes with the same torch threads (one per actor:
+``OMP_NUM_THREADS=1 python -m dpe enhance``): every stage is the function it calls, and
+sources that share an output are tried in the same order.
 """
 
 from __future__ import annotations
@@ -99,6 +101,8 @@ def _decode(row: dict) -> dict:
         return {**out, "error": str(exc)}
     except OSError as exc:  # shared storage hiccup, permissions
         return {**out, "error": f"cannot read the file: {exc}"}
+    except MemoryError:
+        return {**out, "error": "not enough memory on the worker to decode it"}
     height, width = loaded.image.shape[:2]
     pixels = np.ascontiguousarray(loaded.image, dtype=np.float32).tobytes()
     return {**out, "pixels": pixels, "height": height, "width": width,
@@ -211,6 +215,9 @@ def enhance_files(
 
     manifest = Path(out) / MANIFEST
     rows = {row["source"]: row for row in read_manifest(manifest)}
+    for part in Path(out).rglob("*.png.*.part"):  # what a killed job was writing
+        if part.suffixes[-2][1:].isdigit():
+            part.unlink(missing_ok=True)
     queues: dict[Path, list[Path]] = {}
     for source, target in pairs:
         queues.setdefault(target, []).append(source)

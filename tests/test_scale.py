@@ -138,6 +138,9 @@ def test_a_killed_job_resumes_where_it_stopped(cluster, archive, tmp_path, monke
         job.wait(timeout=30)
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
     assert 3 <= len(before) < 40, "the job was not interrupted part-way"
+    stray = out / "study0" / "img0_dpe-s.png.99999.part"  # as if killed mid-write
+    stray.parent.mkdir(parents=True, exist_ok=True)
+    stray.write_bytes(b"half a PNG")
 
     assert dpe_main(["enhance", str(archive), "--method", "dpe-s", "--quiet", "--out",
                      str(out), "--engine", "ray"]) == 1  # fmt: skip
