@@ -5,6 +5,8 @@ Three pages for three kinds of people (built in the ``webapp`` package, one modu
 - ``/``         Enhance: visitors upload an image, run methods, compare, measure, download.
 - ``/study``    Study: experts join with an invite code and vote, blinded.
 - ``/results``  Results: researchers (with ``DPE_ADMIN_TOKEN``) watch, analyse, export, invite.
+
+``DPE_STUDY_ONLY=1`` serves only the Study and Results pages (see the README).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import study  # noqa: E402
 from study import hub_backup  # noqa: E402
-from webapp import LAUNCH_OPTIONS, build_app  # noqa: E402
+from webapp import LAUNCH_OPTIONS, build_app, study_page  # noqa: E402
 from webapp.common import db  # noqa: E402
 
 demo = build_app()
@@ -27,16 +29,18 @@ def main() -> None:
     """Open the study database, start its Hub backup, and serve the app."""
     logging.basicConfig(level=logging.INFO)
     try:
-        media = db().media_root
         hub_backup.start_backup(db())
     except study.StorageError as exc:
         # A read-only or full data folder: the demo still serves, the Study page tells
         # raters so, and db() tries again on every call.
         logging.getLogger("app").error("the study database is unavailable: %s", exc)
-        media = study.data_dir().resolve() / "media"
-    # Study images may live outside the working and temp folders (a Space's /data): allow
-    # exactly their folder, never the database beside it.
-    demo.launch(**LAUNCH_OPTIONS, allowed_paths=[str(media)])
+    # Remembered invite codes stay readable after a restart: the key is kept in the data
+    # folder (or $DPE_SECRET_KEY). Study images are served from per-screen links in the temp
+    # folder (see webapp.uploads.serve_privately): neither the media folder nor the database
+    # beside it is ever served.
+    key = study.secret_key(study.data_dir(), "browser-state").hex()
+    study_page.remember_codes_across_restarts(demo, key)
+    demo.launch(**LAUNCH_OPTIONS)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from study.create import (
     list_studies,
     new_study,
     read_image,
+    reopen_study,
     stimulus_path,
 )
 from study.db import (
@@ -41,6 +42,7 @@ from study.db import (
     backup,
     data_dir,
     open_db,
+    secret_key,
 )
 from study.export import export_study, export_zip
 from study.trials import (
@@ -82,8 +84,10 @@ __all__ = [
     "backup",
     "build_study",
     "close_study",
+    "reopen_study",
     "create_study",
     "data_dir",
+    "secret_key",
     "export_study",
     "export_zip",
     "format_report",

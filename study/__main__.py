@@ -4,6 +4,7 @@
     python -m study invite STUDY --name N [--specialty S]
     python -m study revoke STUDY RATER
     python -m study status [STUDY]
+    python -m study close STUDY / python -m study reopen STUDY
     python -m study export STUDY --out DIR
     python -m study report STUDY
 
@@ -18,7 +19,7 @@ import sys
 from collections.abc import Sequence
 
 from study.analysis import N_BOOTSTRAP, analyse_study, format_report
-from study.create import list_studies
+from study.create import close_study, list_studies, reopen_study
 from study.db import StudyDB, StudyError, open_db
 from study.design import DESIGNS
 from study.export import export_study
@@ -69,6 +70,14 @@ def _parser() -> argparse.ArgumentParser:
     revoke.add_argument("study")
     revoke.add_argument("rater", help="the rater's pseudonym, e.g. R03 (see `status`)")
     revoke.set_defaults(run=_revoke)
+
+    for name, run, help_text in [
+        ("close", _close, "stop a study taking votes (undo with `reopen`)"),
+        ("reopen", _reopen, "take votes again for a closed study"),
+    ]:
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument("study")
+        command.set_defaults(run=run)
 
     status = commands.add_parser("status", help="progress of a study (or list all studies)")
     status.add_argument("study", nargs="?")
@@ -141,6 +150,16 @@ def _revoke(db: StudyDB, args) -> None:
         f"rater {rater['pseudonym']}'s invite code is withdrawn (since {rater['revoked']}); "
         f"their {rater['votes']} votes stay in study {args.study}."
     )
+
+
+def _close(db: StudyDB, args) -> None:
+    close_study(db, args.study)
+    print(f"study {args.study} is closed; reopen it with `python -m study reopen {args.study}`.")
+
+
+def _reopen(db: StudyDB, args) -> None:
+    reopen_study(db, args.study)
+    print(f"study {args.study} is open again; raters continue where they stopped.")
 
 
 def _status(db: StudyDB, args) -> None:

@@ -352,8 +352,18 @@ def list_studies(db: StudyDB) -> list[dict]:
 
 
 def close_study(db: StudyDB, study_id: str) -> None:
-    """Stop accepting votes for a study."""
+    """Stop accepting votes for a study (undo with :func:`reopen_study`)."""
     get_study(db, study_id)
     with db.atomic() as tx:
         tx.execute("UPDATE studies SET status = 'closed' WHERE id = ?", [study_id])
         log_event(db, study_id, "study_closed")
+
+
+def reopen_study(db: StudyDB, study_id: str) -> None:
+    """Take votes again for a closed study; raters continue where they stopped."""
+    info = get_study(db, study_id)
+    if info["status"] != "closed":
+        raise StudyError(f"study {study_id} is {info['status']}, not closed; nothing to reopen.")
+    with db.atomic() as tx:
+        tx.execute("UPDATE studies SET status = 'open' WHERE id = ?", [study_id])
+        log_event(db, study_id, "study_reopened")

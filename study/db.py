@@ -11,6 +11,9 @@ message says so in words a rater can act on.
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
+import hmac
 import logging
 import os
 import secrets
@@ -210,6 +213,39 @@ SCHEMA_VERSION = len(MIGRATION_STEPS)
 def data_dir() -> Path:
     """The data directory: ``$DPE_DATA_DIR``, default ``./data/study``."""
     return Path(os.environ.get("DPE_DATA_DIR") or DEFAULT_DATA_DIR)
+
+
+SECRET_ENV = "DPE_SECRET_KEY"
+SECRET_FILENAME = "secret.key"
+
+
+def secret_key(folder: str | os.PathLike, purpose: str) -> bytes:
+    """A key for ``purpose`` (e.g. "screen-token") that survives restarts.
+
+    Derived from ``$DPE_SECRET_KEY`` when set, else from a random secret kept in ``folder``
+    (the data folder: ``secret.key``, created on first use, readable by its owner only).
+    """
+    master = os.environ.get(SECRET_ENV, "").encode("utf-8")
+    if not master:
+        master = _stored_secret(str((Path(folder) / SECRET_FILENAME).resolve()))
+    return hmac.new(master, purpose.encode("utf-8"), hashlib.sha256).digest()
+
+
+@functools.lru_cache(maxsize=8)
+def _stored_secret(path: str) -> bytes:
+    file = Path(path)
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return file.read_bytes().strip()
+    except OSError as exc:
+        # A read-only data folder: this process still works, but a restart forgets the key.
+        log.error("cannot keep a secret key at %s (%s); set %s", file, exc, SECRET_ENV)
+        return secrets.token_bytes(32)
+    with os.fdopen(fd, "w") as out:
+        out.write(secrets.token_urlsafe(32))
+    return file.read_bytes().strip()
 
 
 def now_iso() -> str:

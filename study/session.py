@@ -1,10 +1,13 @@
 """A rater's way through a study: unscored practice screens first, then their trials.
 
 A :class:`Session` is an immutable value kept server-side per browser tab; each function
-takes one and returns a new one. Every screen gets a fresh random token, and an answer
-counts only when it carries the token of the screen on display: a double click, a second
-button pressed before the reply or a stale tab records nothing. No Gradio here; the app
-turns sessions into widgets and :class:`~study.db.StudyError` messages into alerts.
+takes one and returns a new one. Every screen gets a fresh token, and an answer counts only
+when it carries the token of the screen on display together with the session: a double
+click, a second button pressed before the reply or a stale tab records nothing, and a wrong
+token gets nothing back. Tokens are signed with a key kept in the data folder
+(:func:`~study.db.secret_key`), so after a server restart (sessions lost) :func:`recover`
+can still tell which trial an answer was given for. No Gradio here; the app turns sessions
+into widgets and :class:`~study.db.StudyError` messages into messages on the page.
 
 Pausing needs no state of its own: answers are stored as they arrive, and :func:`resume`
 serves the rater's first unanswered screen again with a fresh token and timer.
@@ -12,6 +15,7 @@ serves the rater's first unanswered screen again with a fresh token and timer.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
 import secrets
@@ -21,7 +25,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from study.create import get_study, stimulus_path
-from study.db import CHOICES, StudyDB, StudyError
+from study.db import CHOICES, StudyDB, StudyError, secret_key
 from study.trials import (
     MAX_RESPONSE_MS,
     InvalidInviteError,
@@ -35,6 +39,15 @@ from study.trials import (
 )
 
 Practice = tuple[str, str, str]  # image files of one unscored screen: source, left, right
+ANSWERED_ELSEWHERE = (
+    "That trial was already answered on another screen (another tab or device); the first "
+    "answer is kept. Here is your next trial."
+)
+
+
+class StaleScreenError(StudyError):
+    """An answer for a screen that is not the one on display (or a token that is not this
+    session's); nothing is recorded and nothing is shown."""
 
 
 @dataclass(frozen=True)
@@ -68,7 +81,8 @@ class Session:
     practice_total: int = 0
     screen: Screen | None = None
     token: str = ""
-    served_at: float = 0.0  # time.monotonic() when the screen was served
+    served_at: float = 0.0  # time.monotonic() when the screen was served; 0: not known
+    note: str = ""  # what the rater should know about their last answer
 
 
 def join(db: StudyDB, code: str, practice: Sequence[Sequence[str | os.PathLike]] = ()) -> Session:
@@ -121,30 +135,75 @@ def next_screen(db: StudyDB, session: Session) -> Session:
                 trial.total,
                 trial.trial_id,
             )
-    return replace(session, screen=screen, token=secrets.token_hex(8), served_at=time.monotonic())
+    token = _screen_token(db, session.rater, screen)
+    return replace(session, screen=screen, token=token, served_at=time.monotonic(), note="")
+
+
+def _signature(db: StudyDB, rater: int, screen: Screen | None, nonce: str) -> str:
+    what = f"{rater}:{screen.trial_id if screen and screen.kind == 'trial' else 'none'}:{nonce}"
+    key = secret_key(db.path.parent, "screen-token")
+    return hmac.new(key, what.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
+
+
+def _screen_token(db: StudyDB, rater: int, screen: Screen | None) -> str:
+    nonce = secrets.token_hex(8)
+    return f"{nonce}.{_signature(db, rater, screen, nonce)}"
+
+
+def issued_for(db: StudyDB, token, rater: int, screen: Screen | None) -> bool:
+    """Whether ``token`` (sent by a browser) was issued here for ``screen`` of ``rater``."""
+    if not isinstance(token, str) or token.count(".") != 1:
+        return False
+    nonce, _ = token.split(".")
+    return _same_token(token, f"{nonce}.{_signature(db, rater, screen, nonce)}")
 
 
 def answer(db: StudyDB, session: Session, token: str | None, choice: str) -> Session:
     """Record ``choice`` for the screen whose token is ``token``, then serve the next screen.
 
     Practice answers are not stored. An answer for any other screen (or once nothing is on
-    display) changes nothing and returns ``session`` itself. A trial answered meanwhile from
-    another tab keeps its first answer. Raises :class:`StudyError` when the study closed.
+    display) raises :class:`StaleScreenError`. A trial answered meanwhile from another tab
+    keeps its first answer, and the next session's ``note`` says so. Raises
+    :class:`StudyError` when the study closed.
     """
     if not isinstance(choice, str) or choice not in CHOICES:
         raise StudyError(f"choice must be one of {', '.join(CHOICES)}; got {choice!r}.")
     screen = session.screen
     if screen is None or not _same_token(token, session.token):
-        return session
+        raise StaleScreenError("That screen was already answered.")
+    note = ""
     if screen.kind == "trial":
-        elapsed_ms = min(int((time.monotonic() - session.served_at) * 1000), MAX_RESPONSE_MS)
+        elapsed_ms = None
+        if session.served_at:
+            elapsed_ms = min(int((time.monotonic() - session.served_at) * 1000), MAX_RESPONSE_MS)
         try:
             record_vote(db, session.rater, screen.trial_id, choice, response_ms=elapsed_ms)
         except VoteConflictError:
-            pass  # the first answer stands
+            note = ANSWERED_ELSEWHERE  # the first answer stands
     else:
         session = replace(session, practice=session.practice[1:])
-    return next_screen(db, session)
+    return replace(next_screen(db, session), note=note)
+
+
+def recover(
+    db: StudyDB,
+    code: str,
+    token: str | None,
+    choice: str,
+    practice: Sequence[Sequence[str | os.PathLike]] = (),
+) -> Session:
+    """After a server restart lost the rater's session: sign in again with ``code`` and, when
+    ``token`` was issued for the trial that is now their first unanswered one, record
+    ``choice`` for it (response time unknown). Otherwise just serve that screen."""
+    session = join(db, code, practice)
+    screen = session.screen
+    if (
+        screen is not None
+        and screen.kind == "trial"
+        and issued_for(db, token, session.rater, screen)
+    ):
+        return answer(db, replace(session, token=token, served_at=0.0), token, choice)
+    return session
 
 
 def _same_token(sent, expected: str) -> bool:

@@ -20,16 +20,21 @@ from dataclasses import dataclass
 
 from study.db import StudyError
 
+WRONG_CODES = (
+    "Too many wrong codes from this browser; wait {wait} s and try again. Ask the study "
+    "team if your code keeps being refused."
+)
+
 
 class TooManyAttemptsError(StudyError):
-    """Too many wrong codes from one client; ``retry_after`` is in seconds."""
+    """Too many wrong codes from one client; ``retry_after`` is in seconds.
 
-    def __init__(self, retry_after: float):
+    ``message`` may hold ``{wait}``, the whole seconds to wait.
+    """
+
+    def __init__(self, retry_after: float, message: str = WRONG_CODES):
         self.retry_after = retry_after
-        super().__init__(
-            f"Too many wrong codes from this connection; wait {math.ceil(retry_after)} s "
-            "and try again. Ask the study team if your code keeps being refused."
-        )
+        super().__init__(message.format(wait=math.ceil(retry_after)))
 
 
 @dataclass
@@ -46,6 +51,7 @@ class Throttle:
 
     ``clock`` (seconds, monotonic) is replaceable so tests need not wait. A client is any
     hashable key, e.g. an IP address; ``None`` (a call from this process) is never throttled.
+    ``message`` is what a locked-out client is told (see :class:`TooManyAttemptsError`).
     """
 
     def __init__(
@@ -57,6 +63,7 @@ class Throttle:
         max_delay: float = 60.0,
         max_clients: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
+        message: str = WRONG_CODES,
     ):
         if free < 1 or window <= 0 or base_delay <= 0 or max_delay < base_delay:
             raise ValueError(
@@ -72,6 +79,7 @@ class Throttle:
         self.max_delay = max_delay
         self.max_clients = max_clients
         self.clock = clock
+        self.message = message
         self._records: OrderedDict[Hashable, _Record] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -86,7 +94,7 @@ class Throttle:
             record = self._current(client)
             wait = record.locked_until - self.clock() if record else 0.0
         if wait > 0:
-            raise TooManyAttemptsError(wait)
+            raise TooManyAttemptsError(wait, self.message)
 
     def failed(self, client: Hashable | None) -> float:
         """Count a wrong attempt; return how long ``client`` is now locked out (0 if not)."""

@@ -105,7 +105,31 @@ def make_study(
             "SELECT count(*) AS n FROM trials t JOIN raters r ON r.id = t.rater WHERE r.study = ?",
             [study_id],
         )[0]["n"]
+        register_stimuli(db.media_root)
     return LoadStudy(db.path, study_id, codes, planned)
+
+
+# The app serves each screen's images as fresh links under random names (per rater, per
+# screen), so a page cannot tell which stimulus it shows; the harness, on the server's
+# machine, recognises a served link by the stored file it links to.
+_STIMULI: dict[tuple[int, int], str] = {}
+
+
+def register_stimuli(media_root: str | os.PathLike) -> None:
+    """Remember the stored stimuli under ``media_root`` by file identity (device, inode)."""
+    for file in Path(media_root).rglob("*.png"):
+        info = file.stat()
+        _STIMULI[(info.st_dev, info.st_ino)] = file.name
+
+
+def stimulus_name(served: dict) -> str:
+    """The stored stimulus a served image links to (its own name when not recognised)."""
+    path = served.get("path") or ""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return Path(path).name
+    return _STIMULI.get((info.st_dev, info.st_ino), Path(path).name)
 
 
 class AppServer:
@@ -265,7 +289,7 @@ class StudyProtocol:
         def elem(name: str) -> Callable[[dict], bool]:
             return lambda c: c["props"].get("elem_id") == name
 
-        self.token = position(lambda c: c["type"] == "textbox")
+        self.token = position(elem("study-screen"))
         self.progress = position(lambda c: c["type"] == "html")
         self.message = position(elem("study-message"))
         self.source = position(elem("study-source"))
@@ -293,8 +317,8 @@ class StudyProtocol:
             "practice" if found[1] == "Practice" else "trial",
             data[self.token],
             message,
-            left["orig_name"],
-            right["orig_name"],
+            stimulus_name(left),
+            stimulus_name(right),
             int(found[2]) - 1,
             int(found[3]),
             urls,
@@ -363,13 +387,14 @@ class StudyPage:
     def join(self, code: str) -> Screen:
         """Page load, then the invite code typed in and Start pressed."""
         self.event("restore_code", [None])  # the page's load event; this browser has no code
-        screen = self.protocol.screen(self.event("join_study", [code]))
+        screen = self.protocol.screen(self.event("join_study", [code, ""]))
         self.event("show_profile", [None])  # runs after a successful join, as .success() does
         return screen
 
     def answer(self, screen: Screen, choice: str) -> Screen:
         """Press an answer button on ``screen``; returns the next screen once it arrives."""
-        return self.protocol.screen(self.event(f"vote_{choice}", [None, screen.token]))
+        # The session is the server's; no code is remembered in this browser.
+        return self.protocol.screen(self.event(f"vote_{choice}", [None, screen.token, None]))
 
     def enable_answers(self) -> None:
         """The unqueued follow-up of every answer, which enables the buttons again."""

@@ -61,9 +61,10 @@ class Clock:
         return self.now
 
 
-def from_address(host: str) -> SimpleNamespace:
-    """What a callback receives as ``gr.Request`` for a visitor at ``host`` (its ``client``)."""
-    return SimpleNamespace(client=SimpleNamespace(host=host))
+def from_address(host: str, session: str = "tab-1") -> SimpleNamespace:
+    """What a callback receives as ``gr.Request`` for a visitor at ``host`` (its ``client``)
+    from the browser session ``session``."""
+    return SimpleNamespace(client=SimpleNamespace(host=host), session_hash=session)
 
 
 def vote_count(db) -> int:
@@ -89,8 +90,7 @@ def app_study(tmp_path, monkeypatch):
     """A study in the app's database, with no practice screens; returns (db, id, invite)."""
     monkeypatch.setenv("DPE_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setattr(study_page, "_practice", lambda: ())
-    monkeypatch.setattr(access, "JOIN_ATTEMPTS", Throttle())
-    monkeypatch.setattr(access, "ADMIN_ATTEMPTS", Throttle())
+    fresh_throttles(monkeypatch)
     db = common.db()
     images = write_images(tmp_path / "images", 2)
     study_id = study.create_study(db, "App study", images, METHODS, fake_enhance)
@@ -130,19 +130,21 @@ def test_a_rater_is_served_and_may_answer_only_their_own_trials(panel):
 def test_an_answer_needs_its_own_screens_token(panel):
     db, _, a, b = panel
     sa, sb = rs.join(db, a.code), rs.join(db, b.code)
-    assert re.fullmatch(r"[0-9a-f]{16}", sa.token) and sa.token != sb.token
+    assert re.fullmatch(r"[0-9a-f]{16}\.[0-9a-f]{32}", sa.token) and sa.token != sb.token
     changed = sa.token[:-1] + ("1" if sa.token[-1] == "0" else "0")
     foreign = [sb.token, changed, sa.token[:-1], sa.token + " ", " " + sa.token]
     malformed = [None, "", 0, 1234, b"bytes", sa.token.encode(), [sa.token], "é" * 16, "\ud800"]
     for token in foreign + malformed:
-        assert rs.answer(db, sa, token, "left") is sa, token  # nothing happens
+        with pytest.raises(rs.StaleScreenError):  # nothing happens, nothing is shown
+            rs.answer(db, sa, token, "left")
     for choice in ["LEFT", "left ", "", "both bad", "a", None, 1, b"left", ("left",)]:
         with pytest.raises(study.StudyError, match="choice must be one of"):
             rs.answer(db, sa, sa.token, choice)
     assert vote_count(db) == 0
     after = rs.answer(db, sa, sa.token, "left")
-    assert rs.answer(db, after, sa.token, "right") is after  # the spent token, replayed
-    rs.answer(db, sa, sa.token, "right")  # a stale copy of the session replays it too
+    with pytest.raises(rs.StaleScreenError):
+        rs.answer(db, after, sa.token, "right")  # the spent token, replayed
+    assert rs.answer(db, sa, sa.token, "right").note  # a second tab: told, not recorded
     assert vote_count(db) == 1
     assert [r["choice"] for r in db.query("SELECT choice FROM votes")] == ["left"]
 
@@ -293,8 +295,7 @@ def test_results_page_withdraws_a_code(app_study, monkeypatch):
     with pytest.raises(gr.Error, match="Choose a study"):
         results.revoke("s3cret", None, "R01")
     assert "R01" in results.revoke("s3cret", study_id, "R01")
-    with pytest.raises(gr.Error, match="withdrawn"):
-        study_page.join_study(invite.code)
+    assert "withdrawn" in study_page.join_study(invite.code)["message"]
 
 
 # ---------------------------------------------------------------- slowing down guesses
@@ -355,39 +356,71 @@ def test_throttle_guard_counts_only_wrong_codes():
             Throttle(**bad)
 
 
+def joined(view: dict) -> bool:
+    return view.get("session") is not None
+
+
 def test_repeated_wrong_invite_codes_must_wait(app_study, monkeypatch):
     _, _, invite = app_study
     clock = Clock()
     monkeypatch.setattr(access, "JOIN_ATTEMPTS", Throttle(clock=clock))
     guesser, neighbour = from_address("203.0.113.7"), from_address("198.51.100.2")
     for n in range(5):
-        with pytest.raises(gr.Error, match="not valid"):
-            study_page.join_study(f"guess-{n}", guesser)
-    with pytest.raises(gr.Error, match="Too many wrong codes"):
-        study_page.join_study(invite.code, guesser)  # even the right code waits
+        assert "not valid" in study_page.join_study(f"guess-{n}", guesser)["message"]
+    waits = study_page.join_study(invite.code, guesser)  # even the right code waits
+    assert "Too many wrong codes" in waits["message"] and not joined(waits)
     for _ in range(10):  # an empty field is not a guess
-        with pytest.raises(gr.Error, match="Enter the invite code"):
-            study_page.join_study("  ", neighbour)
+        assert "Enter the invite code" in study_page.join_study("  ", neighbour)["message"]
     assert study_page.join_study(invite.code, neighbour)["session"].rater == invite.rater_id
     clock.now += 1
     assert study_page.join_study(invite.code, guesser)["session"].rater == invite.rater_id
-    with pytest.raises(gr.Error, match="not valid"):
-        study_page.join_study("guess-6", guesser)  # the right code reset the count
+    assert "not valid" in study_page.join_study("guess-6", guesser)["message"]  # count reset
+
+
+def test_one_colleagues_typos_never_lock_out_another_behind_the_same_address(
+    app_study, monkeypatch
+):
+    # A hospital's departments share one NAT address: wrong codes count per browser session,
+    # and only a high ceiling per address (a guesser opening a fresh session per try) is shared.
+    _, _, invite = app_study
+    clock = Clock()
+    monkeypatch.setattr(access, "JOIN_ATTEMPTS", Throttle(clock=clock))
+    ceiling = Throttle(free=30, clock=clock, message=access.NETWORK_WRONG)
+    monkeypatch.setattr(access, "JOIN_CEILING", ceiling)
+    typist, colleague = from_address("10.0.0.1", "tab-a"), from_address("10.0.0.1", "tab-b")
+    for n in range(10):
+        study_page.join_study(f"typo-{n}", typist)
+    assert (
+        "Too many wrong codes from this browser"
+        in study_page.join_study(invite.code, typist)["message"]
+    )
+    assert joined(study_page.join_study(invite.code, colleague))  # at once, same address
+    for n in range(30):  # a script with a fresh session for every guess hits the ceiling
+        study_page.join_study(f"guess-{n}", from_address("10.0.0.1", f"script-{n}"))
+    capped = study_page.join_study(invite.code, from_address("10.0.0.1", "tab-c"))
+    assert "many wrong codes from your network" in capped["message"] and not joined(capped)
+    assert joined(study_page.join_study(invite.code, from_address("10.0.0.2", "tab-d")))
 
 
 def test_repeated_wrong_admin_tokens_must_wait(app_study, monkeypatch):
     monkeypatch.setenv("DPE_ADMIN_TOKEN", "s3cret")
     clock = Clock()
-    monkeypatch.setattr(access, "ADMIN_ATTEMPTS", Throttle(clock=clock))
+    wording = access.ADMIN_WRONG
+    monkeypatch.setattr(access, "ADMIN_ATTEMPTS", Throttle(clock=clock, message=wording))
     guesser = from_address("203.0.113.7")
     for token in ["a", "b", "c", None, "\ud800"]:
         with pytest.raises(gr.Error, match="not right"):
             results.open_results(token, guesser)
-    with pytest.raises(gr.Error, match="Too many wrong codes"):
+    # Its own wording (not a rater's "wrong codes"), and its own count: raters who share the
+    # researcher's address are not slowed down by it.
+    with pytest.raises(gr.Error, match="Too many wrong admin tokens from this browser"):
         results.open_results("s3cret", guesser)
-    with pytest.raises(gr.Error, match="Too many wrong codes"):
+    with pytest.raises(gr.Error, match="Too many wrong admin tokens"):
         results.export_results("s3cret", None, guesser)  # every researcher call is guarded
+    _, _, invite = app_study
+    assert joined(study_page.join_study(invite.code, guesser))
     assert results.open_results("s3cret", from_address("198.51.100.2"))[0].visible
+    assert results.open_results("s3cret", from_address("203.0.113.7", "tab-2"))[0].visible
     clock.now += 1
     assert results.open_results("s3cret", guesser)[0].visible
 
@@ -419,7 +452,8 @@ def test_exports_hold_no_codes_hashes_names_admin_token_or_other_studies(
     for rater in [*invites, outsider]:
         s = rs.join(db, rater.code)
         for choice in ["left", "right"]:
-            s = rs.answer(db, s, s.token, choice)
+            if s.screen is not None:
+                s = rs.answer(db, s, s.token, choice)
     forbidden = {admin, "Dr A", "Dr Hidden0", "Dr Hidden1", "Dr Outsider", other}
     forbidden |= {"Other Secret Study", "Outsider-specialty"}
     for rater in [*invites, outsider]:
@@ -569,15 +603,17 @@ def test_a_screen_takes_an_answer_only_with_its_token(arena, use_real_token, tok
     s = rs.join(db, b.code)
     sent = s.token if use_real_token else token
     before = vote_count(db)
+    counted = sent == s.token and s.screen is not None
     try:
-        after = rs.answer(db, s, sent, choice)
+        rs.answer(db, s, sent, choice)
+    except rs.StaleScreenError:
+        assert not counted and vote_count(db) == before
+        return
     except study.StudyError:
         assert not isinstance(choice, str) or choice not in study.CHOICES
         assert vote_count(db) == before
         return
-    counted = sent == s.token and s.screen is not None
-    assert (after is s) == (not counted)
-    assert vote_count(db) == before + counted
+    assert counted and vote_count(db) == before + 1
 
 
 @PROPERTY
@@ -596,7 +632,8 @@ NO_SESSION_NEEDED = {"restore_code", "results_intro", "enable_answers", "forget_
 RATER = {"join_study", "vote_left", "vote_right", "vote_tie", "vote_both_bad", "pause"}
 RATER |= {"resume", "show_profile", "save_profile"}
 ADMIN = {"open_results", "refresh_studies", "show_results", "export_results", "close_selected"}
-ADMIN |= {"invite", "create_study", "revoke"}
+ADMIN |= {"invite", "create_study", "revoke", "ask_to_close", "reopen_selected"}
+NO_SESSION_NEEDED |= {"cancel_close"}
 
 
 def base_name(api_name: str) -> str:
@@ -611,8 +648,8 @@ def test_every_backend_function_is_accounted_for():
     public = {fn.api_name for fn in app.demo.fns.values() if fn.api_visibility != "private"}
     assert public == PUBLIC
     # The rater's session is gr.State, kept on the server; what the browser keeps
-    # (gr.BrowserState, forgeable) is read only to refill the invite-code field, whose
-    # value join_study checks like any typed code.
+    # (gr.BrowserState, forgeable) is read to refill the invite-code field and, after a
+    # restart, by a vote to sign in again: a code checked like any typed one.
     voting = next(fn for fn in app.demo.fns.values() if fn.api_name == "vote_left")
     session = voting.inputs[0]
     assert isinstance(session, gr.State) and not isinstance(session, gr.BrowserState)
@@ -620,7 +657,8 @@ def test_every_backend_function_is_accounted_for():
     readers = {
         base_name(fn.api_name) for fn in app.demo.fns.values() for b in kept if b in fn.inputs
     }
-    assert kept and readers == {"restore_code"}
+    votes = {"vote_left", "vote_right", "vote_tie", "vote_both_bad"}
+    assert kept and readers == {"restore_code", *votes}
 
 
 @pytest.fixture(scope="module")
@@ -638,11 +676,17 @@ def server(tmp_path_factory):
             yield SimpleNamespace(url=url, db=db, study_id=study_id)
 
 
-@pytest.fixture
-def fresh_throttles(monkeypatch):
+@pytest.fixture(name="fresh_throttles")
+def fresh_throttles_fixture(monkeypatch):
     """Each HTTP test starts with no wrong attempts counted against 127.0.0.1."""
+    fresh_throttles(monkeypatch)
+
+
+def fresh_throttles(monkeypatch) -> None:
     monkeypatch.setattr(access, "JOIN_ATTEMPTS", Throttle())
+    monkeypatch.setattr(access, "JOIN_CEILING", Throttle(free=1000))
     monkeypatch.setattr(access, "ADMIN_ATTEMPTS", Throttle(free=1000))
+    monkeypatch.setattr(access, "ADMIN_CEILING", Throttle(free=1000))
 
 
 def call(server, name: str, *data) -> tuple[str, object]:
@@ -714,12 +758,19 @@ def test_rater_functions_refuse_http_callers_without_a_session(server, fresh_thr
     invite = study.invite_rater(server.db, server.study_id, "Dr Session-test")
     forged = {"rater": invite.rater_id, "token": "x", "screen": {"trial_id": 1}}
     before = db_state(server.db)
-    kind, message = call(server, "join_study", "not-a-code")
-    assert kind == "error" and "not valid" in message
+    kind, outputs = call(server, "join_study", "not-a-code", "")
+    assert kind == "complete" and "not valid" in json.dumps(outputs)
     votes = ["vote_left", "vote_right", "vote_tie", "vote_both_bad"]
     for name, session in zip(votes, [None, forged, json.dumps(forged), "x"], strict=True):
-        assert call(server, name, session, "0" * 16) == ("error", study_page.SESSION_ENDED)
-    assert call(server, "save_profile", forged, "x", 3) == ("error", study_page.SESSION_ENDED)
+        # No session: the sign-in form comes back with a message (no pop-up), nothing else.
+        kind, outputs = call(server, name, session, "0" * 16, None)
+        assert kind == "complete" and "restarted" in json.dumps(outputs)
+        assert ".png" not in json.dumps(outputs) and "Served study" not in json.dumps(outputs)
+        # A forged "remembered" code is checked like any typed code.
+        kind, outputs = call(server, name, session, "0" * 16, "forged-code")
+        assert kind == "complete" and "not valid" in json.dumps(outputs)
+    kind, outputs = call(server, "save_profile", forged, "x", 3)
+    assert kind == "complete" and "session has ended" in outputs[0]
     # A forged remembered code only fills the field; nothing is looked up or signed in.
     kind, outputs = call(server, "restore_code", "forged-remembered-code")
     assert kind == "complete" and outputs[0] == "forged-remembered-code"
@@ -734,19 +785,24 @@ def test_rater_functions_refuse_http_callers_without_a_session(server, fresh_thr
 def test_the_session_stays_on_the_server_and_forged_state_is_ignored(server, fresh_throttles):
     invite = study.invite_rater(server.db, server.study_id, "Dr State-test")
     mine, theirs = secrets.token_hex(6), secrets.token_hex(6)
-    joined = queue_call(server, "join_study", [invite.code], mine)
+    joined = queue_call(server, "join_study", [invite.code, ""], mine)
     assert joined["success"]
     session_out, token = joined["output"]["data"][:2]
-    assert session_out is None and re.fullmatch(r"[0-9a-f]{16}", token)  # only the token leaves
+    assert session_out is None and re.fullmatch(r"[0-9a-f]{16}\.[0-9a-f]{32}", token)
     forged = {"rater": 1, "token": token, "screen": {"kind": "trial", "trial_id": 1}}
     before = vote_count(server.db)
-    wrong = queue_call(server, "vote_left", [forged, "0" * 16], mine)  # a wrong screen token
-    assert wrong["success"] and wrong["output"]["data"][1] == token  # same screen, nothing kept
-    elsewhere = queue_call(server, "vote_left", [forged, token], theirs)  # another browser
-    assert not elsewhere["success"] and elsewhere["output"]["error"] == study_page.SESSION_ENDED
+    # A wrong screen token (a leaked session id alone): nothing kept, nothing sent back, in
+    # particular neither the valid token nor the images.
+    wrong = queue_call(server, "vote_left", [forged, "0" * 16, None], mine)
+    assert wrong["success"] and token not in json.dumps(wrong["output"])
+    assert ".png" not in json.dumps(wrong["output"])
+    # The screen token without the session (another browser): asked to sign in, no vote.
+    elsewhere = queue_call(server, "vote_left", [forged, token, None], theirs)
+    assert elsewhere["success"] and "restarted" in json.dumps(elsewhere["output"])
+    assert ".png" not in json.dumps(elsewhere["output"])
     assert vote_count(server.db) == before
     # The browser's value for the session is ignored: the server's own session votes.
-    counted = queue_call(server, "vote_right", ["anything", token], mine)
+    counted = queue_call(server, "vote_right", ["anything", token, None], mine)
     assert counted["success"] and counted["output"]["data"][1] != token
     rows = server.db.query(
         "SELECT t.rater, v.choice FROM votes v JOIN trials t ON t.id = v.trial ORDER BY v.id"
@@ -763,30 +819,40 @@ def test_the_queue_cannot_be_skipped(server, fresh_throttles):
 def test_wrong_codes_over_http_are_slowed_down(server, fresh_throttles, monkeypatch):
     invite = study.invite_rater(server.db, server.study_id, "Dr Throttle-test")
     clock = Clock()
+    # One browser session: the queue, as the page sends it.
     monkeypatch.setattr(access, "JOIN_ATTEMPTS", Throttle(clock=clock))
+    mine = secrets.token_hex(6)
     for n in range(5):
-        assert call(server, "join_study", f"guess-{n}")[0] == "error"
-    kind, message = call(server, "join_study", invite.code)
-    assert kind == "error" and message.startswith("Too many wrong codes")
+        out = queue_call(server, "join_study", [f"guess-{n}", ""], mine)["output"]["data"]
+        assert "not valid" in json.dumps(out)
+    out = queue_call(server, "join_study", [invite.code, ""], mine)["output"]["data"]
+    assert "Too many wrong codes" in json.dumps(out) and ".png" not in json.dumps(out)
     clock.now += 1
-    assert call(server, "join_study", invite.code)[0] == "complete"
-    monkeypatch.setattr(access, "ADMIN_ATTEMPTS", Throttle(clock=clock))
+    out = queue_call(server, "join_study", [invite.code, ""], mine)["output"]["data"]
+    assert ".png" in json.dumps(out)
+    # A script with a new session per guess (as /gradio_api/call has) meets the ceiling.
+    ceiling = Throttle(free=5, clock=clock, message=access.NETWORK_WRONG)
+    monkeypatch.setattr(access, "JOIN_CEILING", ceiling)
+    for n in range(5):
+        assert "not valid" in json.dumps(call(server, "join_study", f"guess-{n}", ""))
+    assert "from your network" in json.dumps(call(server, "join_study", invite.code, ""))
+    monkeypatch.setattr(access, "ADMIN_CEILING", Throttle(clock=clock, message=access.ADMIN_WRONG))
     for _ in range(5):
         assert call(server, "open_results", "wrong") == ("error", "That admin token is not right.")
     kind, message = call(server, "open_results", os.environ["DPE_ADMIN_TOKEN"])
-    assert kind == "error" and message.startswith("Too many wrong codes")
+    assert kind == "error" and message.startswith("Too many wrong admin tokens")
 
 
 def test_a_withdrawn_code_is_refused_over_http(server, fresh_throttles):
     invite = study.invite_rater(server.db, server.study_id, "Dr Withdrawn-test")
     mine = secrets.token_hex(6)
-    token = queue_call(server, "join_study", [invite.code], mine)["output"]["data"][1]
+    token = queue_call(server, "join_study", [invite.code, ""], mine)["output"]["data"][1]
     pseudonym = study.rater_by_token(server.db, invite.code)["pseudonym"]
     study.revoke_rater(server.db, server.study_id, pseudonym)
-    refused = queue_call(server, "vote_left", [None, token], mine)
-    assert not refused["success"] and "withdrawn" in refused["output"]["error"]
-    kind, message = call(server, "join_study", invite.code)
-    assert kind == "error" and "withdrawn" in message
+    refused = queue_call(server, "vote_left", [None, token, None], mine)
+    assert refused["success"] and "withdrawn" in json.dumps(refused["output"])
+    kind, outputs = call(server, "join_study", invite.code, "")
+    assert kind == "complete" and "withdrawn" in json.dumps(outputs)
 
 
 def test_only_study_images_are_served_never_the_database(server, fresh_throttles):

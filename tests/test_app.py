@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import re
 import secrets
 import shutil
 import threading
@@ -98,6 +99,22 @@ def answer(outputs: dict, choice: str) -> dict:
     """Press an answer button on the screen ``outputs`` shows."""
     shown = view(outputs)
     return view(study_page.vote(shown["session"], shown["screen"], choice))
+
+
+def ANY_WARNING(text: str):  # noqa: N802 (reads as a constant in an assert)
+    """Equal to any page warning that contains ``text``."""
+
+    class Warning(str):
+        def __eq__(self, other):
+            return isinstance(other, str) and other.startswith("**⚠") and text in other
+
+        __hash__ = str.__hash__
+
+    return Warning(text)
+
+
+def same_bytes(a: str, b: str) -> bool:
+    return Path(a).read_bytes() == Path(b).read_bytes()
 
 
 def screen_text(v: dict) -> str:
@@ -207,10 +224,9 @@ def test_method_list_hides_methods_without_weights(monkeypatch, tmp_path):
 
 def test_join_practice_vote_pause_resume_finish(open_study):
     study_id, code = open_study
-    with pytest.raises(gr.Error, match="not valid"):
-        study_page.join_study("not-a-code")
-    with pytest.raises(gr.Error, match="Enter the invite code"):
-        study_page.join_study("  ")
+    # A refused code is a message on the page (never Gradio's blocking error pop-up).
+    assert study_page.join_study("not-a-code") == {"message": ANY_WARNING("not valid")}
+    assert "Enter the invite code" in study_page.join_study("  ")["message"]
     v = view(study_page.join_study(f" {code} "))
     assert v["remembered"] == code.strip() and v["trial"].visible and not v["join"].visible
     assert "Practice 1 of 2" in v["progress"] and v["vote_a"].interactive
@@ -228,7 +244,8 @@ def test_join_practice_vote_pause_resume_finish(open_study):
     paused = view(study_page.pause(v["session"]))
     assert paused["paused"].visible and not paused["trial"].visible
     resumed = view(study_page.resume(paused["session"]))
-    assert "Trial 4 of 6" in resumed["progress"] and resumed["a"] == v["a"]  # same trial
+    assert "Trial 4 of 6" in resumed["progress"]  # the same trial, under new file names
+    assert resumed["a"] != v["a"] and same_bytes(resumed["a"], v["a"])
     v = view(study_page.join_study(code))  # back after closing the tab: no practice the second time
     assert "Trial 4 of 6" in v["progress"]
     for choice in ["both_bad", "left", "right"]:
@@ -249,14 +266,19 @@ def test_an_answer_counts_only_for_the_screen_it_was_given_on(open_study):
     session, screen = v["session"], v["screen"]
     first = view(study_page.vote(session, screen, "left"))
     again = view(study_page.vote(session, screen, "left"))  # a double click replays the request
-    other = view(study_page.vote(session, screen, "right"))  # another button, same screen
+    assert votes_in(study_id) == ["left"] and "Trial 2 of 6" in first["progress"]
+    assert again["progress"] == first["progress"] and again["message"] == ""
+    # Another tab of the same rater, still on that screen, answers differently: the first
+    # answer stands and this tab says so, instead of moving on as if it had counted.
+    other = view(study_page.vote(session, screen, "right"))
+    assert "already answered on another screen" in other["message"]
+    assert votes_in(study_id) == ["left"] and "Trial 2 of 6" in other["progress"]
+    # Clicks racing the first: the session has moved on, the browser still sends the old
+    # screen. Nothing is recorded and nothing is sent back: no token, no images.
+    assert study_page.vote(first["session"], screen, "right") == {}
+    assert study_page.vote(first["session"], "0" * 16, "right") == {}
     assert votes_in(study_id) == ["left"]
-    assert "Trial 2 of 6" in first["progress"] == again["progress"] == other["progress"]
-    # Clicks racing the first: the session has moved on, the browser still sends the old screen.
-    late = view(study_page.vote(first["session"], screen, "right"))
-    assert votes_in(study_id) == ["left"] and late["a"] == first["a"]
-    assert late["screen"] == first["screen"]  # shown again, so the next answer counts
-    answer(late, "tie")
+    answer(first, "tie")
     assert votes_in(study_id) == ["left", "tie"]
     response_ms = study.load_votes(common.db(), study_id)["response_ms"]
     assert ((0 <= response_ms) & (response_ms < 60_000)).all()
@@ -268,10 +290,9 @@ def test_closed_study_takes_no_votes_and_sign_out_forgets_the_code(open_study):
     for _ in range(study_page.PRACTICE_TRIALS):
         v = answer(v, "left")
     study.close_study(common.db(), study_id)
-    with pytest.raises(gr.Error, match="closed; it takes no votes"):
-        answer(v, "left")  # the trial on screen when the study closed
-    with pytest.raises(gr.Error, match="not taking votes"):
-        study_page.join_study(code)
+    # The trial on screen when the study closed; then signing in: messages, not pop-ups.
+    assert "closed; it takes no votes" in answer(v, "left")["message"]
+    assert "not taking votes" in study_page.join_study(code)["message"]
     assert votes_in(study_id) == []
     v = view(study_page.resume(v["session"]))
     assert v["done"].visible and "closed this study" in v["message"]
@@ -279,6 +300,70 @@ def test_closed_study_takes_no_votes_and_sign_out_forgets_the_code(open_study):
     assert out["remembered"] is None and out["join"].visible and out["session"] is None
     assert study_page.restore_code(None) == (gr.skip(), "")
     assert study_page.restore_code(code)[0] == code
+
+
+def test_each_screen_gets_its_own_file_names_never_shared_or_derived(open_study):
+    study_id, code = open_study
+    db = common.db()
+    second = study.invite_rater(db, study_id, "Dr B").code
+    mine, theirs = view(study_page.join_study(code)), view(study_page.join_study(second))
+    for _ in range(study_page.PRACTICE_TRIALS):
+        mine, theirs = answer(mine, "left"), answer(theirs, "left")
+    served = []
+    for v in (mine, theirs):
+        paths = [v["source"].value["path"], v["a"], v["b"]]
+        assert len({Path(p).parent for p in paths}) == 1  # one fresh folder per screen
+        served += paths
+        for path in paths:  # a link or copy of a stored stimulus, under a name of its own
+            assert Path(path).is_relative_to(study_page.uploads.SCREENS_ROOT)
+            assert re.fullmatch(r"[A-Za-z0-9_-]{22}\.png", Path(path).name)
+    assert len(set(served)) == len(served) == 6
+    assert len({Path(p).parent for p in served}) == 2
+    # The same trial served again (a resume, a reload, a restart) gets new names too.
+    again = view(study_page.resume(mine["session"]))
+    assert {again["a"], again["b"]}.isdisjoint(served) and same_bytes(again["a"], mine["a"])
+
+
+def test_a_page_open_through_a_restart_keeps_the_answer(open_study):
+    study_id, code = open_study
+    v = view(study_page.join_study(code))
+    for _ in range(study_page.PRACTICE_TRIALS):
+        v = answer(v, "left")
+    v = answer(v, "right")
+    # The server restarts: the page keeps its screen token, the session (gr.State) is gone.
+    on_screen = v["session"].screen.trial_id
+    back = view(study_page.vote(None, v["screen"], "tie", code))  # the remembered code
+    assert votes_in(study_id) == ["right", "tie"] and "Trial 3 of 6" in back["progress"]
+    assert back["session"].screen.trial_id != on_screen and back["message"] == ""
+    # Without a remembered code the page asks for it and keeps the answer until then.
+    asked = view(study_page.vote(None, back["screen"], "both_bad", None))
+    assert asked["join"].visible and "restarted" in asked["message"]
+    assert asked["pending"] == f"{back['screen']} both_bad" and asked["session"] is None
+    joined = view(study_page.join_study(code, None, asked["pending"]))
+    assert votes_in(study_id) == ["right", "tie", "both_bad"]
+    assert "Trial 4 of 6" in joined["progress"] and joined["pending"] == ""
+    # A replayed or forged pending answer records nothing more.
+    view(study_page.join_study(code, None, asked["pending"]))
+    view(study_page.join_study(code, None, "0.0 left"))
+    assert len(votes_in(study_id)) == 3
+
+
+def test_a_study_only_app_serves_no_enhancer(monkeypatch):
+    monkeypatch.setenv("DPE_STUDY_ONLY", "1")
+    from webapp import build_app, study_only
+
+    assert study_only()
+    demo = build_app()
+    names = {fn.api_name for fn in demo.fns.values()}
+    assert names and not names & {"enhance", "load_example", "run_methods"}
+    assert not [fn for fn in demo.fns.values() if fn.api_visibility != "private"]
+    assert demo.get_api_info()["named_endpoints"] == {}
+    config = str(demo.get_config_file())
+    assert "Enhance" not in config and "Open the study" in config
+    for method in list_methods():  # no method list reaches any page
+        assert method_info(method)["label"] not in config
+    monkeypatch.setenv("DPE_STUDY_ONLY", "0")
+    assert not study_only()
 
 
 def test_source_image_can_be_hidden(data_dir, tmp_path):
@@ -312,11 +397,10 @@ def test_rater_profile_is_prefilled_and_saved(open_study):
     assert study.progress(common.db(), study_id)["raters"][0]["specialty"] == "dermatology"
     study_page.save_profile(session, "", None)  # an emptied specialty is cleared; empty years stay
     assert study_page.show_profile(session)[:2] == ("", 12)
-    with pytest.raises(gr.Error, match="years of experience must be a whole number"):
-        study_page.save_profile(session, "radiology", -2)
+    refused = study_page.save_profile(session, "radiology", -2)
+    assert "years of experience must be a whole number" in refused
     assert study_page.show_profile(session)[:2] == ("", 12)
-    with pytest.raises(gr.Error, match="session has ended"):
-        study_page.save_profile(None, "radiology", 3)
+    assert "session has ended" in study_page.save_profile(None, "radiology", 3)
     assert study_page.show_profile(None) == (gr.skip(), gr.skip(), "")
 
 
@@ -375,6 +459,26 @@ def test_results_show_scores_and_export_matches_the_votes(open_study, monkeypatc
         votes = list(csv.DictReader(io.StringIO(zf.read(f"study-{study_id}/votes.csv").decode())))
     assert [v["choice"] for v in votes] == clicks[code] + clicks[second]
     assert [v["rater"] for v in votes] == ["R01"] * 6 + ["R02"] * 6
+
+
+def test_closing_asks_first_and_a_closed_study_can_be_reopened(open_study, monkeypatch):
+    study_id, code = open_study
+    monkeypatch.setenv("DPE_ADMIN_TOKEN", "s3cret")
+    assert results.ask_to_close("s3cret", study_id).visible  # the confirmation, nothing more
+    assert study.get_study(common.db(), study_id)["status"] == "open"
+    assert results.cancel_close().visible is False
+    assert study.get_study(common.db(), study_id)["status"] == "open"
+    with pytest.raises(gr.Error, match="not right"):
+        results.close_selected("wrong", study_id)
+    picker, confirm = results.close_selected("s3cret", study_id)
+    assert confirm.visible is False
+    assert study.get_study(common.db(), study_id)["status"] == "closed"
+    assert "not taking votes" in study_page.join_study(code)["message"]
+    results.reopen_selected("s3cret", study_id)
+    assert study.get_study(common.db(), study_id)["status"] == "open"
+    assert view(study_page.join_study(code))["trial"].visible
+    with pytest.raises(gr.Error, match="not closed"):
+        results.reopen_selected("s3cret", study_id)
 
 
 def test_researchers_create_a_study_and_invite_from_the_page(data_dir, tmp_path, monkeypatch):

@@ -190,3 +190,16 @@ def test_a_nearly_gray_rgb_scan_makes_a_study_without_a_degradation(tmp_path):
         "--methods", "identity,clahe",
     )  # fmt: skip
     assert made.returncode == 0, made.stderr
+
+
+def test_close_and_reopen(voted_study):
+    data_dir, study_id = voted_study
+    closed = run_cli(data_dir, "close", study_id)
+    assert closed.returncode == 0, closed.stderr
+    assert f"python -m study reopen {study_id}" in closed.stdout
+    assert "closed" in run_cli(data_dir, "status").stdout
+    reopened = run_cli(data_dir, "reopen", study_id)
+    assert reopened.returncode == 0 and "open again" in reopened.stdout
+    assert " open " in run_cli(data_dir, "status").stdout
+    again = run_cli(data_dir, "reopen", study_id)
+    assert again.returncode == 2 and "not closed" in again.stderr

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import study
+import study.db
 from study import session as rs
 from tests.test_study_support import make_study, write_images
 
@@ -75,13 +76,20 @@ def test_each_screen_takes_one_answer(setup):
     second = rs.answer(db, first, first.token, "left")
     assert second.token != first.token and second.screen.trial_id != first.screen.trial_id
     assert second.screen.done == 1
-    # The same screen answered again: from the updated session, or from a stale copy of it.
-    assert rs.answer(db, second, first.token, "right") is second
+    # The same screen answered again from the updated session: refused, nothing shown.
+    with pytest.raises(rs.StaleScreenError):
+        rs.answer(db, second, first.token, "right")
+    # From a stale copy of the session (a second tab): the first answer stands, and the
+    # rater is told so instead of the answer vanishing silently.
     replayed = rs.answer(db, first, first.token, "right")
     assert replayed.screen.trial_id == second.screen.trial_id
-    assert choices_stored(db, study_id) == ["left"]  # the first answer stands
-    for token in (None, "", "0" * 16):
-        assert rs.answer(db, second, token, "left") is second
+    assert "already answered on another screen" in replayed.note and second.note == ""
+    assert rs.answer(db, first, first.token, "left").note == ""  # the same answer: no news
+    assert choices_stored(db, study_id) == ["left"]
+    # A wrong token (a leaked session without its screen) gets nothing: no images, no token.
+    for token in (None, "", "0" * 16, second.token[:-1] + "x", first.token):
+        with pytest.raises(rs.StaleScreenError):
+            rs.answer(db, second, token, "left")
     third = rs.answer(db, second, second.token, "both_bad")
     assert choices_stored(db, study_id) == ["left", "both_bad"] and third.screen.done == 2
     with pytest.raises(study.StudyError, match="choice must be one of"):
@@ -106,14 +114,17 @@ def test_resume_continues_with_the_same_trial_under_a_new_token(setup):
     resumed = rs.resume(db, paused)
     assert resumed.screen == paused.screen and resumed.token != paused.token
     assert resumed.served_at >= paused.served_at
-    assert rs.answer(db, resumed, paused.token, "left") is resumed  # the old token is spent
+    with pytest.raises(rs.StaleScreenError):
+        rs.answer(db, resumed, paused.token, "left")  # the old token is spent
     back = rs.join(db, invite.code, practice)  # another device, later
     assert back.screen.trial_id == paused.screen.trial_id and back.screen.done == 2
 
 
 def test_practice_resumes_where_it_stopped(setup):
     db, _, invite, practice = setup
-    s = rs.answer(db, rs.join(db, invite.code, practice), None, "left")  # no token: no answer
+    s = rs.join(db, invite.code, practice)
+    with pytest.raises(rs.StaleScreenError):
+        rs.answer(db, s, None, "left")  # no token: no answer
     s = rs.answer(db, s, s.token, "left")
     resumed = rs.resume(db, s)
     assert resumed.screen.kind == "practice" and resumed.screen.left == str(practice[1][1])
@@ -126,7 +137,8 @@ def test_finishing_every_trial_ends_the_session(setup):
         s = rs.answer(db, s, s.token, "tie")
     assert len(choices_stored(db, study_id)) == 6
     assert rs.ending(db, s) == "finished"
-    assert rs.answer(db, s, s.token, "left") is s  # nothing on screen: nothing to answer
+    with pytest.raises(rs.StaleScreenError):
+        rs.answer(db, s, s.token, "left")  # nothing on screen: nothing to answer
     assert rs.join(db, invite.code).screen is None
 
 
@@ -165,3 +177,42 @@ def test_profile_is_the_raters_own(setup):
     assert rs.profile(db, s) == {"specialty": "radiology", "years_experience": 9}
     other = study.invite_rater(db, study_id, "Dr C", specialty="dermatology")
     assert rs.profile(db, rs.join(db, other.code))["specialty"] == "dermatology"
+
+
+def test_after_a_restart_the_answer_given_is_recorded_for_its_trial(setup, monkeypatch):
+    db, study_id, invite, practice = setup
+    s = rs.join(db, invite.code, practice)
+    for _ in range(len(practice) + 1):
+        s = rs.answer(db, s, s.token, "left")
+    on_screen = s.screen.trial_id
+    study.db._stored_secret.cache_clear()  # a new process reads the key back from the data folder
+    back = rs.recover(db, invite.code, s.token, "right", practice)  # the session was lost
+    votes = study.load_votes(db, study_id)
+    assert list(votes["choice"]) == ["left", "right"] and back.screen.done == 2
+    assert votes["response_ms"].isna().iloc[-1]  # not measured across the restart
+    assert back.screen.trial_id != on_screen
+    # The same answer sent again, or a token for another trial: nothing more is recorded.
+    again = rs.recover(db, invite.code, s.token, "right", practice)
+    forged = rs.recover(db, invite.code, s.token.split(".")[0] + ".00", "tie", practice)
+    assert again.screen.trial_id == forged.screen.trial_id == back.screen.trial_id
+    assert choices_stored(db, study_id) == ["left", "right"]
+    # Another data folder's key signs nothing here.
+    monkeypatch.setenv("DPE_SECRET_KEY", "another key")
+    other = rs.join(db, invite.code)
+    monkeypatch.delenv("DPE_SECRET_KEY")
+    assert not rs.issued_for(db, other.token, other.rater, other.screen)
+    assert rs.issued_for(db, back.token, back.rater, back.screen)
+
+
+def test_a_reopened_study_takes_votes_again(setup):
+    db, study_id, invite, _ = setup
+    first = rs.join(db, invite.code)
+    s = rs.answer(db, first, first.token, "left")
+    study.close_study(db, study_id)
+    with pytest.raises(study.StudyNotOpenError):
+        rs.join(db, invite.code)
+    study.reopen_study(db, study_id)
+    back = rs.join(db, invite.code)
+    assert back.screen.done == 1 and back.screen.trial_id == s.screen.trial_id
+    with pytest.raises(study.StudyError, match="not closed"):
+        study.reopen_study(db, study_id)

@@ -1,5 +1,9 @@
 """The Gradio pages: Enhance (``/``), Study (``/study``) and Results (``/results``).
 
+With ``DPE_STUDY_ONLY=1`` (a deployment for a study) the Enhance page, its menu link and its
+API are not built at all: ``/`` only points to the Study page, so no rater can re-create a
+stimulus from the source shown beside it.
+
 Each page is a module with its callbacks and a ``build(demo)``; `build_app` puts them together.
 The study is a page of its own, not a tab, because Gradio sends each page only its own
 components: the Enhance page's method list never reaches a rater's browser. Each page's
@@ -8,6 +12,8 @@ that is open when the event is created. Logic lives in ``dpe`` (pixels) and ``st
 """
 
 from __future__ import annotations
+
+import os
 
 import gradio as gr
 
@@ -32,16 +38,35 @@ LAUNCH_OPTIONS = {
 }
 
 
-def build_app() -> gr.Blocks:
-    """The three pages in one app, with its queue set up; launch it with ``LAUNCH_OPTIONS``."""
+STUDY_ONLY_HOME = (
+    "# Image quality study\n\nThis server runs a blinded image quality study. "
+    "[Open the study](study) and enter the invite code the study team gave you."
+)
+
+
+def study_only() -> bool:
+    """Whether ``DPE_STUDY_ONLY`` asks for a study-only deployment (no Enhance page)."""
+    return os.environ.get("DPE_STUDY_ONLY", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def build_app(*, only_study: bool | None = None) -> gr.Blocks:
+    """The pages in one app, with its queue set up; launch it with ``LAUNCH_OPTIONS``.
+
+    ``only_study`` (default: `study_only`) leaves out the Enhance page and its endpoints.
+    """
+    only_study = study_only() if only_study is None else only_study
     with gr.Blocks(title=TITLE, delete_cache=(600, uploads.KEEP_SECONDS)) as demo:
-        enhance.build(demo)
+        if only_study:
+            gr.Navbar(main_page_name=False)
+            gr.Markdown(STUDY_ONLY_HOME, elem_id="study-only-home")
+        else:
+            enhance.build(demo)
     # Each page's events are wired inside its own block: Gradio assigns an event to the page
     # that is open when the event is created, and sends a page only its own events.
     with demo.route("Study", "/study"):
         study_page.build(demo)
     with demo.route("Results", "/results"):
-        results.build(demo)
+        results.build(demo, main_page_name=False if only_study else "Enhance")
     # api_open=False: /gradio_api/run/<name> would run a queued event at once, past its
     # concurrency limit and the queue's max_size; every call goes through the queue instead.
     demo.queue(default_concurrency_limit=2, max_size=64, api_open=False)

@@ -150,9 +150,28 @@ def invite(
 
 
 @user_errors
+def ask_to_close(token: str, study_id: str | None, request: gr.Request | None = None):
+    """First step of closing: show the confirmation (closing takes a second click)."""
+    _chosen(token, study_id, request)
+    return gr.Row(visible=True)
+
+
+def cancel_close():
+    """Hide the confirmation; nothing changes."""
+    return gr.Row(visible=False)
+
+
+@user_errors
 def close_selected(token: str, study_id: str | None, request: gr.Request | None = None):
-    """Stop a study taking votes."""
+    """Stop a study taking votes (after the researcher confirmed); undo with `reopen_selected`."""
     study.close_study(db(), _chosen(token, study_id, request))
+    return _study_picker(study_id), gr.Row(visible=False)
+
+
+@user_errors
+def reopen_selected(token: str, study_id: str | None, request: gr.Request | None = None):
+    """Take votes again for a closed study."""
+    study.reopen_study(db(), _chosen(token, study_id, request))
     return _study_picker(study_id)
 
 
@@ -200,7 +219,17 @@ def _rater_forms(w: dict) -> None:
     """Export, close, and the invite and withdraw forms."""
     with gr.Row():
         w["export"] = gr.Button("Export (zip)", variant="primary", elem_id="export")
-        w["close"] = gr.Button("Close the study to new votes", variant="stop", size="sm")
+        w["close"] = gr.Button(
+            "Close the study to new votes…", variant="stop", size="sm", elem_id="close-study"
+        )
+        w["reopen"] = gr.Button("Reopen a closed study", size="sm", elem_id="reopen-study")
+    with gr.Row(visible=False, elem_id="close-confirm") as w["confirm_row"]:
+        gr.Markdown(
+            "**Close this study?** Raters can no longer vote; their answers stay. You can "
+            "reopen it later (here, or `python -m study reopen STUDY`)."
+        )
+        w["confirm_close"] = gr.Button("Yes, close it", variant="stop", elem_id="close-yes")
+        w["cancel_close"] = gr.Button("Cancel", elem_id="close-cancel")
     w["export_file"] = gr.File(label="Export", interactive=False, height=90, elem_id="export-file")
     with gr.Accordion("Invite a rater", open=False):
         with gr.Row():
@@ -245,9 +274,9 @@ def _create_form(w: dict) -> list:
     return new + [design, repeats, show_source]
 
 
-def build(demo: gr.Blocks) -> None:
+def build(demo: gr.Blocks, *, main_page_name: str | bool = "Enhance") -> None:
     """Lay out the Results page (call inside its ``demo.route``) and wire its events."""
-    gr.Navbar(main_page_name="Enhance")
+    gr.Navbar(main_page_name=main_page_name)
     gr.Markdown("# Study results")
     intro = gr.Markdown(elem_id="results-intro")
     with gr.Row(visible=False) as token_row:
@@ -275,7 +304,12 @@ def build(demo: gr.Blocks) -> None:
         show_results, chosen, views, **ADMIN
     )
     w["export"].click(export_results, chosen, w["export_file"], **ADMIN)
-    w["close"].click(close_selected, chosen, pick, **ADMIN).success(
+    w["close"].click(ask_to_close, chosen, w["confirm_row"], **ADMIN)
+    w["cancel_close"].click(cancel_close, None, w["confirm_row"], **ADMIN)
+    w["confirm_close"].click(close_selected, chosen, [pick, w["confirm_row"]], **ADMIN).success(
+        show_results, chosen, views, **ADMIN
+    )
+    w["reopen"].click(reopen_selected, chosen, pick, **ADMIN).success(
         show_results, chosen, views, **ADMIN
     )
     w["invite"].click(

@@ -1,9 +1,15 @@
 """The Study page (``/study``): experts join with an invite code and vote, blinded.
 
-A rater's `study.session.Session` is kept server-side in ``gr.State``. Only images (under
-random names), progress, the screen's token and the study's own title and instructions are
-sent to the browser. The study callbacks return their view by name: a dict whose keys are
-``VIEW`` names; a name left out keeps its widget as it is.
+A rater's `study.session.Session` is kept server-side in ``gr.State``. Only images (linked
+afresh for every screen under random names, see `uploads.serve_privately`), progress, the
+screen's token and the study's own title and instructions are sent to the browser. The
+study callbacks return their view by name: a dict whose keys are ``VIEW`` names; a name left
+out keeps its widget as it is.
+
+Nothing here raises to the browser: a wrong code, a closed study or a lost session is a
+message on the page (Gradio's error pop-up covers the form and reads as a crash). A page left
+open through a server restart has lost its session; its next answer signs in again with the
+remembered code and is recorded for the trial it was given on (`study.session.recover`).
 """
 
 from __future__ import annotations
@@ -18,8 +24,8 @@ import study.session
 import study.tables
 from dpe import demo as dd
 from study.session import Session
-from webapp import access, uploads
-from webapp.common import EXAMPLES, PRIVATE, STUDY, db, user_errors
+from webapp import access, common, uploads
+from webapp.common import EXAMPLES, PRIVATE, STUDY, db
 
 PRACTICE_TRIALS = 2
 PRACTICE_MODALITIES = ("dermatology", "microscopy")
@@ -38,11 +44,16 @@ THANKS = {
     "finished": "You have answered every trial. Thank you! You can close this tab.",
 }
 SESSION_ENDED = "Your session has ended; enter your invite code again to continue."
+RESTARTED = (
+    "The study server was restarted and this page lost its sign-in. Enter your invite code "
+    "and press **Start**: the answer you just gave is kept."
+)
 BOXES = ("join", "trial", "paused", "done")
 ANSWERS = ("vote_a", "vote_b", "vote_tie", "vote_bad", "pause")
 # Every widget a study callback may update, by name (see build() for the widgets).
 VIEW = ("session", "screen", *BOXES, "message", "header", "progress", "source", "a", "b")
-VIEW += (*ANSWERS, "remembered")
+VIEW += (*ANSWERS, "remembered", "pending")
+REMEMBER_KEY = "study-invite-code"
 
 KEYBOARD_JS = """
 <script>
@@ -64,12 +75,12 @@ document.addEventListener("keydown", (event) => {
 
 # Runs in the browser when an answer is given, before the request leaves: later clicks and
 # key presses find the buttons disabled. Passes the event's two inputs through unchanged.
-DISABLE_VOTES_JS = """(session, screen) => {
+DISABLE_VOTES_JS = """(...inputs) => {
   for (const id of ["vote-a", "vote-b", "vote-tie", "vote-bad", "study-pause"]) {
     const button = document.getElementById(id);
     if (button) button.disabled = true;
   }
-  return [session, screen];
+  return inputs;
 }"""
 
 CSS = """
@@ -89,13 +100,18 @@ def _practice() -> tuple[tuple[str, str, str], ...]:
     return tuple((str(p.source), str(p.left), str(p.right)) for p in pairs)
 
 
+def warning(text: object) -> str:
+    """A problem shown as a message on the page."""
+    return f"**⚠ {escape(str(text))}**"
+
+
 def study_view(session: Session | None, view: str, message: str = "", *, enabled=True) -> dict:
-    """The ``VIEW`` updates (all but "remembered") for the "join", "trial", "paused" or "done"
-    view of ``session``."""
+    """The ``VIEW`` updates (all but "remembered" and "pending") for the "join", "trial",
+    "paused" or "done" view of ``session``."""
     screen = session.screen if session else None
     if view == "trial" and screen:
         header = f"### {escape(session.title)}\n\n{session.instructions}"
-        images = (screen.source, screen.left, screen.right)
+        images = tuple(uploads.serve_privately([screen.source, screen.left, screen.right]))
         practice = screen.kind == "practice"
         progress = study.tables.progress_html(screen.done, screen.total, practice=practice)
     else:
@@ -118,7 +134,9 @@ def _show(session: Session, *, enabled: bool = True) -> dict:
     if session.screen is None:
         thanks = THANKS[study.session.ending(db(), session)]
         return study_view(session, "done", thanks)
-    return study_view(session, "trial", enabled=enabled)
+    return study_view(
+        session, "trial", warning(session.note) if session.note else "", enabled=enabled
+    )
 
 
 def restore_code(remembered: str | None):
@@ -128,33 +146,58 @@ def restore_code(remembered: str | None):
     return remembered, "Welcome back. Press **Start** to continue where you stopped."
 
 
-@user_errors
-def join_study(code: str, request: gr.Request | None = None) -> dict:
+def join_study(code: str, request: gr.Request | None = None, pending: str | None = None) -> dict:
     """Sign a rater in with their invite code and show practice or their next trial.
 
-    Repeated wrong codes from one address must wait (``access.JOIN_ATTEMPTS``).
+    ``pending`` is an answer given just before a server restart ("<screen token> <choice>"):
+    it is recorded for its trial (see `study.session.recover`). Repeated wrong codes from one
+    browser must wait (``access.invite_guard``). A refusal is a message on the page.
     """
-    with access.invite_guard(code, request):
-        session = study.session.join(db(), code, _practice())
-    return {**_show(session), "remembered": (code or "").strip()}
+    try:
+        with access.invite_guard(code, request):
+            token, _, choice = (pending or "").partition(" ")
+            if choice in study.CHOICES:
+                session = study.session.recover(db(), code, token, choice, _practice())
+            else:
+                session = study.session.join(db(), code, _practice())
+    except ValueError as exc:
+        common.refused(str(exc), "join_study")
+        return {"message": warning(exc)}
+    return {**_show(session), "remembered": (code or "").strip(), "pending": ""}
 
 
-@user_errors
-def vote(session: Session | None, screen: str | None, choice: str) -> dict:
+def vote(
+    session: Session | None,
+    screen: str | None,
+    choice: str,
+    remembered: str | None = None,
+) -> dict:
     """Record ``choice`` for the screen the browser showed (``screen``), then show the next.
 
     Practice answers are not recorded. An answer for a screen that is no longer current (a
-    second click racing the first) changes nothing. The buttons come back disabled; the
-    event that follows enables them once the new screen is on display.
+    second click racing the first) changes nothing and shows nothing. After a server restart
+    (no session) the ``remembered`` code signs the rater in again and the answer counts for
+    its trial; without one, the page asks for the code and keeps the answer. The buttons
+    come back disabled; the event that follows enables them once the new screen is shown.
     """
-    if not session:
-        raise gr.Error(SESSION_ENDED)
-    return _show(study.session.answer(db(), session, screen, choice), enabled=False)
+    try:
+        if not session:
+            if not remembered:
+                message = warning(RESTARTED) if screen else warning(SESSION_ENDED)
+                return {**study_view(None, "join", message), "pending": f"{screen} {choice}"}
+            session = study.session.recover(db(), remembered, screen, choice, _practice())
+            return _show(session, enabled=False)
+        return _show(study.session.answer(db(), session, screen, choice), enabled=False)
+    except study.session.StaleScreenError:
+        return {}  # the answer that moved this screen on already shows the next one
+    except ValueError as exc:
+        common.refused(str(exc), f"vote_{choice}")
+        return {"message": warning(exc)}
 
 
 def _voter(choice: str):
-    def record(session: Session | None, screen: str | None) -> dict:
-        return vote(session, screen, choice)
+    def record(session: Session | None, screen: str | None, remembered: str | None) -> dict:
+        return vote(session, screen, choice, remembered)
 
     record.__name__ = f"vote_{choice}"
     return record
@@ -170,12 +213,15 @@ def pause(session: Session | None) -> dict:
     return study_view(session, "paused")
 
 
-@user_errors
 def resume(session: Session | None) -> dict:
     """Continue with the trial that was on screen when the rater paused."""
     if not session:
         return study_view(None, "join", "Enter your invite code to continue.")
-    return _show(study.session.resume(db(), session))
+    try:
+        return _show(study.session.resume(db(), session))
+    except ValueError as exc:
+        common.refused(str(exc), "resume")
+        return {"message": warning(exc)}
 
 
 def forget_me() -> dict:
@@ -183,21 +229,26 @@ def forget_me() -> dict:
     return {**study_view(None, "join", "Signed out on this device."), "remembered": None}
 
 
-@user_errors
 def show_profile(session: Session | None):
     """After joining: fill the optional profile form with what is stored."""
     if not session:
         return gr.skip(), gr.skip(), ""
-    stored = study.session.profile(db(), session)
+    try:
+        stored = study.session.profile(db(), session)
+    except ValueError as exc:
+        return gr.skip(), gr.skip(), warning(exc)
     return stored["specialty"] or "", stored["years_experience"], ""
 
 
-@user_errors
 def save_profile(session: Session | None, specialty: str | None, years: float | None) -> str:
     """Store the rater's optional profile; an empty years field leaves it as it was."""
     if not session:
-        raise gr.Error(SESSION_ENDED)
-    study.update_rater(db(), session.rater, specialty=specialty or "", years_experience=years)
+        return warning(SESSION_ENDED)
+    try:
+        study.update_rater(db(), session.rater, specialty=specialty or "", years_experience=years)
+    except ValueError as exc:
+        common.refused(str(exc), "save_profile")
+        return warning(exc)
     return "Profile saved. Thank you!"
 
 
@@ -252,12 +303,23 @@ def _trial_box(w: dict) -> None:
         w["profile_message"] = gr.Markdown(elem_id="profile-message")
 
 
+def remember_codes_across_restarts(demo: gr.Blocks, secret: str) -> None:
+    """Encrypt remembered invite codes with ``secret`` (kept in the data folder), not with
+    Gradio's per-process random key, which a restart would change (forgetting every code)."""
+    for block in demo.blocks.values():
+        if isinstance(block, gr.BrowserState) and block.storage_key == REMEMBER_KEY:
+            block.secret = secret
+
+
 def _layout() -> dict:
     """The page's widgets, by name: every ``VIEW`` name and the few that only send."""
-    gr.Navbar(main_page_name="Enhance")
+    gr.Navbar(visible=False)  # a rater is never offered a link to the Enhance page
     gr.Markdown("# Image quality study")
-    w = {"session": gr.State(None), "screen": gr.Textbox(visible=False)}  # screen: which one
-    w["remembered"] = gr.BrowserState(None, storage_key="study-invite-code")
+    # screen: which screen is on display (its token)
+    w = {"session": gr.State(None), "screen": gr.Textbox(visible=False, elem_id="study-screen")}
+    w["remembered"] = gr.BrowserState(None, storage_key=REMEMBER_KEY)
+    # An answer given while the server was away, kept in the page until the code is entered.
+    w["pending"] = gr.Textbox(visible=False, elem_id="study-pending")
     w["message"] = gr.Markdown(elem_id="study-message")
     with gr.Column(visible=True) as w["join"]:
         gr.Markdown(STUDY_HELP)
@@ -281,6 +343,7 @@ def _layout() -> dict:
 
 def build(demo: gr.Blocks) -> None:
     """Lay out the Study page (call inside its ``demo.route``) and wire its events."""
+    gr.set_static_paths([uploads.SCREENS_ROOT])  # served as they are, never hashed or copied
     w = _layout()
     view = [w[name] for name in VIEW]
     answers = [w[name] for name in ANSWERS]
@@ -288,14 +351,14 @@ def build(demo: gr.Blocks) -> None:
 
     demo.load(restore_code, w["remembered"], [w["code"], w["message"]], **STUDY)
     for trigger in (w["start"].click, w["code"].submit):
-        trigger(by_name(join_study), w["code"], view, **STUDY).success(
+        trigger(by_name(join_study), [w["code"], w["pending"]], view, **STUDY).success(
             show_profile, w["session"], profile, **STUDY
         )
     for name, choice in zip(ANSWERS[:4], study.CHOICES, strict=True):
         # The screen token is read when the button is pressed, before anything else runs.
         w[name].click(
             by_name(_voter(choice)),
-            [w["session"], w["screen"]],
+            [w["session"], w["screen"], w["remembered"]],
             view,
             js=DISABLE_VOTES_JS,
             **STUDY,

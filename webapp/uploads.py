@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import collections
 import os
+import secrets
 import shutil
 import tempfile
 import threading
@@ -133,3 +134,29 @@ def prepare_upload(path: str, what: str) -> dd.Prepared:
         return read_upload(path, gr.utils.get_upload_folder())
     except ValueError as exc:
         raise refused(f"Could not read {what}: {exc}", "upload", path) from None
+
+
+# Study images as a rater's browser fetches them. Gradio would serve a returned file from a
+# folder named by a hash of its bytes (the same for every rater, and an unenhanced stimulus
+# would share the source's folder), so each screen's images are linked into a fresh folder of
+# their own under random names, and that root is served as static files (not copied).
+SCREENS_ROOT = scratch_folder("screens")
+SCREEN_SECONDS = 6 * 3600  # a screen's links live this long; a reload serves new ones
+
+
+def serve_privately(paths: list[str | os.PathLike | None]) -> list[str | None]:
+    """Each file in ``paths`` under a fresh random name in a fresh folder, as served to one
+    browser; None stays None. Links where the file system allows, else copies."""
+    folder = fresh_output_dir(SCREENS_ROOT, SCREEN_SECONDS)
+    served: list[str | None] = []
+    for path in paths:
+        if path is None:
+            served.append(None)
+            continue
+        target = folder / f"{secrets.token_urlsafe(16)}{Path(path).suffix}"
+        try:
+            os.link(path, target)
+        except OSError:  # another file system (a Space's /data and /tmp), or no hard links
+            shutil.copyfile(path, target)
+        served.append(str(target))
+    return served
