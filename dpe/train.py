@@ -33,6 +33,10 @@ and exports the best weights to ``weights/NAME.safetensors`` (fp16). A checkpoin
 (``checkpoints/NAME.pt``) is written every ``--checkpoint-minutes`` and on exit or SIGTERM;
 ``--resume`` continues from it, with the architecture and objective the checkpoint records (a
 checkpoint from before ``--arch`` existed is a DPENet one).
+
+``accelerate launch --multi_gpu --num_processes N -m dpe.train ...`` (or ``torchrun``) trains
+data-parallel: ``--batch-size`` is then the global batch, split over the processes, and the run
+takes the steps one process would take (see `Processes`).
 """
 
 from __future__ import annotations
@@ -95,7 +99,7 @@ HELP = {
     "(e.g. 0.999); 0 = off, the raw weights, as the papers",
     "balance": "draw patches with equal odds per modality ('group'), or per modality and then "
     "per source image within it ('source', needs the data's manifest.csv)",
-    "batch_size": "patches per step",
+    "batch_size": "patches per step (under accelerate launch: in all, split over the processes)",
     "clean_frac": "fraction of patches left undegraded (the model must leave them alone)",
     "mild_frac": "fraction of patches degraded with the 'mild' preset instead of --preset",
     "select": "export the step with the best 'mean' validation PSNR, or the best 'worst' "
