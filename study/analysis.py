@@ -10,7 +10,14 @@ database. Ties and "both bad" count as half a win for each side in every scale.
 - Thurstone Case V in JOD units: a gap of 1 JOD means 75% of judgements prefer the better.
 - Rater quality: flips on side-swapped repeats, circular triads and Kendall's zeta per rater
   and item, Kendall's u and Krippendorff's alpha (evalica) across raters, outliers by
-  leave-one-out likelihood, and response times.
+  leave-one-out likelihood (only for raters with enough votes), and response times.
+- Position bias: the share of decisive votes for the left image, per rater and overall, with
+  exact 95% intervals, and Bradley-Terry with a left/right term (evalica has no such term, so
+  it is a small logistic fit here), with whether it changes the ranking.
+
+Intervals need raters to resample: with fewer than ``MIN_RATERS_FOR_INTERVALS`` a rater
+bootstrap has too few distinct resamples (2 raters: 3) to mean anything, so no interval is
+given and :func:`interval_note` says why.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ from scipy.stats import binomtest, norm
 from study.design import PRIOR_TIE_WEIGHT, with_prior_ties
 
 N_BOOTSTRAP = 1000
+MIN_RATERS_FOR_INTERVALS = 5  # 126 distinct rater resamples; 2 raters have 3, 3 have 10
+MIN_VOTES_FOR_OUTLIER = 10  # decisive votes a rater needs before an outlier flag means anything
 # 1 JOD = 75% preference: P(i over j) = Phi((q_i - q_j) / sigma) with Phi(1 / sigma) = 0.75.
 JOD_SIGMA = float(1.0 / norm.ppf(0.75))
 
@@ -241,14 +250,15 @@ def ratings(
 ) -> pd.DataFrame:
     """Per method: preference share, Bradley-Terry and JOD with rater-bootstrap intervals, rank.
 
-    Intervals are NaN with fewer than two raters (there is nothing to resample).
+    Intervals are NaN with fewer than ``MIN_RATERS_FOR_INTERVALS`` raters (see
+    :func:`interval_note`); the rank is then by the point estimates.
     """
     _check_votes(votes, methods)
     table = preference_share(votes, methods)[["comparisons", "share"]].copy()
     table["bt"] = bradley_terry(votes, methods)
     table["jod"] = thurstone_jod(votes, methods)
     tail = 100 * (1 - confidence) / 2
-    if votes["rater"].nunique() >= 2:
+    if votes["rater"].nunique() >= MIN_RATERS_FOR_INTERVALS:
         samples = bootstrap_raters(votes, methods, n_boot=n_boot, seed=seed)
         for scale in ("bt", "jod"):
             table[f"{scale}_lower"] = np.percentile(samples[scale], tail, axis=0)
@@ -262,6 +272,94 @@ def ratings(
         )
     order = ["rank", "share", "bt", "bt_lower", "bt_upper", "jod", "jod_lower", "jod_upper"]
     return table[["comparisons", *order]].rename_axis("method")
+
+
+def interval_note(n_raters: int) -> str:
+    """Why there are no intervals (empty when there are): too few raters to resample."""
+    if n_raters >= MIN_RATERS_FOR_INTERVALS:
+        return ""
+    distinct = math.comb(2 * n_raters - 1, n_raters) if n_raters else 0
+    return (
+        f"No 95% intervals: they come from resampling raters, and {n_raters} rater"
+        f"{'' if n_raters == 1 else 's'} give only {distinct} distinct resample"
+        f"{'' if distinct == 1 else 's'}; intervals need at least {MIN_RATERS_FOR_INTERVALS} "
+        "raters. The scores are point estimates."
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Position bias
+
+
+def _left_share(outcome: np.ndarray, confidence: float = 0.95) -> dict:
+    """Share of decisive votes for the left image, with an exact (Clopper-Pearson) interval."""
+    left, n = int((outcome == 1).sum()), int((outcome != 0).sum())
+    if n == 0:
+        return {"decisive": 0, "left_share": math.nan, "lower": math.nan, "upper": math.nan}
+    ci = binomtest(left, n, 0.5).proportion_ci(confidence, method="exact")
+    return {"decisive": n, "left_share": left / n, "lower": ci.low, "upper": ci.high}
+
+
+def _fit_bt_position(i, j, outcome, k: int, ridge: float = 1e-3) -> tuple[np.ndarray, float, float]:
+    """Bradley-Terry with a left/right term: P(left wins) = 1 / (1 + exp(-(s_i - s_j + h))).
+
+    Ties count half a win each (as in every scale here). Newton's method on the logistic
+    likelihood with a tiny ridge (scores are defined up to a shift; the first is pinned).
+    Returns the centred scores, ``h`` and its standard error.
+    """
+    n = len(i)
+    x = np.zeros((n, k))  # columns: methods 1..k-1 (0 pinned), then the position term
+    rows = np.arange(n)
+    x[rows, i] += 1.0
+    x[rows, j] -= 1.0
+    x = np.column_stack([x[:, 1:], np.ones(n)])
+    y = np.where(outcome == 1, 1.0, np.where(outcome == 2, 0.0, 0.5))
+    beta = np.zeros(x.shape[1])
+    for _ in range(50):
+        p = 1.0 / (1.0 + np.exp(-(x @ beta)))
+        grad = x.T @ (y - p) - ridge * beta
+        hessian = (x * (p * (1 - p))[:, None]).T @ x + ridge * np.eye(len(beta))
+        step = np.linalg.solve(hessian, grad)
+        beta += step
+        if np.abs(step).max() < 1e-10:
+            break
+    cov = np.linalg.inv(hessian)
+    scores = np.concatenate([[0.0], beta[:-1]])
+    return scores - scores.mean(), float(beta[-1]), float(math.sqrt(cov[-1, -1]))
+
+
+def position_bias(votes: pd.DataFrame, methods: Sequence[str]) -> dict:
+    """Left/right preference overall and per rater, and Bradley-Terry with a position term.
+
+    ``overall`` and each of ``raters``: decisive votes, the share for the left image and its
+    exact 95% interval (0.5 = no bias). ``bt_position``: the term ``h`` in log-odds for the
+    left image with a Wald 95% interval, the method scores fitted beside it, and whether
+    ranking the methods by them differs from plain Bradley-Terry (``ranking_changed``).
+    """
+    _check_votes(votes, methods)
+    i, j, outcome = _encode(votes, methods)
+    raters = votes["rater"].astype(str).to_numpy()
+    report = {
+        "overall": _left_share(outcome),
+        "raters": [{"rater": r, **_left_share(outcome[raters == r])} for r in np.unique(raters)],
+    }
+    if len(votes) == 0:
+        return {**report, "bt_position": {}}
+    scores, h, se = _fit_bt_position(i, j, outcome, len(methods))
+    plain = _fit_bt(i, j, outcome, len(methods))
+    z = norm.ppf(0.975)
+    report["bt_position"] = {
+        "h": h,
+        "h_lower": h - z * se,
+        "h_upper": h + z * se,
+        "scores": dict(zip(methods, scores.tolist(), strict=True)),
+        "ranking": [methods[n] for n in np.argsort(-scores, kind="stable")],
+        "ranking_without": [methods[n] for n in np.argsort(-plain, kind="stable")],
+    }
+    report["bt_position"]["ranking_changed"] = (
+        report["bt_position"]["ranking"] != report["bt_position"]["ranking_without"]
+    )
+    return report
 
 
 # ---------------------------------------------------------------------------------------------
@@ -435,7 +533,8 @@ def loo_outliers(votes: pd.DataFrame, methods: Sequence[str]) -> pd.DataFrame:
     the share of them on the side the others favour. A rater is flagged when they side with
     the others significantly less than half the time (one-sided binomial test, p < 0.05),
     or when their likelihood is below the lower Tukey fence (Q1 - 1.5 IQR) of all raters.
-    Ties are left out: no model predicts a tie better than chance.
+    Only raters with at least ``MIN_VOTES_FOR_OUTLIER`` decisive votes are flagged or count
+    towards the fence. Ties are left out: no model predicts a tie better than chance.
     """
     _check_votes(votes, methods)
     i, j, outcome = _encode(votes, methods)
@@ -445,7 +544,7 @@ def loo_outliers(votes: pd.DataFrame, methods: Sequence[str]) -> pd.DataFrame:
         others = raters != rater
         own = (raters == rater) & (outcome != 0)
         if not own.any() or not others.any():
-            rows[rater] = (math.nan, math.nan, False)
+            rows[rater] = (math.nan, math.nan, False, False)
             continue
         scores = _fit_bt(i[others], j[others], outcome[others], len(methods))
         signed_gap = (scores[i[own]] - scores[j[own]]) * np.where(outcome[own] == 1, 1.0, -1.0)
@@ -454,15 +553,15 @@ def loo_outliers(votes: pd.DataFrame, methods: Sequence[str]) -> pd.DataFrame:
         agree = int((signed_gap[decided] > 0).sum())
         n = int(decided.sum())
         against = n > 0 and binomtest(agree, n, 0.5, alternative="less").pvalue < 0.05
-        rows[rater] = (loglik, agree / n if n else math.nan, bool(against))
-    table = pd.DataFrame.from_dict(
-        rows, orient="index", columns=["loo_loglik", "loo_agreement", "outlier"]
-    )
-    ll = table["loo_loglik"]
+        enough = n >= MIN_VOTES_FOR_OUTLIER
+        rows[rater] = (loglik, agree / n if n else math.nan, bool(against and enough), enough)
+    columns = ["loo_loglik", "loo_agreement", "outlier", "enough"]
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=columns)
+    ll = table["loo_loglik"].where(table["enough"])
     if ll.notna().sum() >= 4:
         q1, q3 = np.nanpercentile(ll, [25, 75])
-        table["outlier"] |= ll < q1 - 1.5 * (q3 - q1)
-    return table.rename_axis("rater")
+        table["outlier"] |= (ll < q1 - 1.5 * (q3 - q1)).fillna(False)
+    return table.drop(columns="enough").rename_axis("rater")
 
 
 def response_times(votes: pd.DataFrame) -> pd.Series:
@@ -510,7 +609,10 @@ def analyse(
         "raters": int(votes["rater"].nunique()),
         "methods": list(methods),
         "n_bootstrap": n_boot,
+        "intervals": interval_note(int(votes["rater"].nunique())),
+        "min_votes_for_outlier": MIN_VOTES_FOR_OUTLIER,
         "overall": _section(votes, methods, n_boot, seed),
+        "position_bias": position_bias(votes, methods),
         "by_modality": {},
         "rater_quality": _records(rater_quality(votes, methods).reset_index())
         if len(votes)
@@ -619,7 +721,10 @@ def format_report(report: dict) -> str:
     lines = [
         f"Study {study.get('id', '?')}: {study.get('title', '')}",
         f"{report['votes']} votes from {report['raters']} raters; "
-        f"95% intervals from {report['n_bootstrap']} rater resamples.",
+        + (
+            report.get("intervals")
+            or f"95% intervals from {report['n_bootstrap']} rater resamples."
+        ),
         "",
     ]
     sections = [("All images", report["overall"])] + [
@@ -627,8 +732,31 @@ def format_report(report: dict) -> str:
     ]
     for title, section in sections:
         lines += [title, *_format_section(section), ""]
+    lines += ["Position bias", *format_position_bias(report.get("position_bias") or {}), ""]
     lines += ["Raters", *_format_raters(report["rater_quality"])]
+    lines.append(
+        f"  (outlier flags need at least {report.get('min_votes_for_outlier')} decisive votes)"
+    )
     return "\n".join(lines)
+
+
+def format_position_bias(bias: dict) -> list[str]:
+    """Lines on the left/right preference and whether a position term changes the ranking."""
+    overall = bias.get("overall") or {}
+    if not overall.get("decisive"):
+        return ["  no decisive votes yet"]
+    out = [
+        f"  left chosen in {overall['left_share']:.0%} of {overall['decisive']} decisive votes "
+        f"(95% CI {overall['lower']:.0%}-{overall['upper']:.0%}; 50% = no bias)"
+    ]
+    fit = bias.get("bt_position") or {}
+    if fit:
+        changed = "changes" if fit["ranking_changed"] else "does not change"
+        out.append(
+            f"  Bradley-Terry position term {fit['h']:+.2f} log-odds for the left image "
+            f"[{fit['h_lower']:+.2f}, {fit['h_upper']:+.2f}]; it {changed} the ranking"
+        )
+    return out
 
 
 def _format_section(section: dict) -> list[str]:

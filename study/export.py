@@ -1,5 +1,11 @@
 """Exports researchers keep: CSV tables, a JSON report and a scrubbed database snapshot.
 
+``pwcmp.csv`` holds the votes in the long format of pwcmp's ``pw_scale_table`` (and ASAP):
+observer, session, scene, condition_A, condition_B, is_A_selected; A is the left image.
+pwcmp has no ties, so a tie or "both unacceptable" is written as two rows, one for each side
+(half a win each, as every scale here counts it); ``session`` is 1 (a rater's answers form
+one session however often they paused).
+
 Exports are pseudonymous: raters appear by pseudonym, and neither invite codes nor their
 hashes nor rater names leave the server, nor anything of another study. Text cells a
 spreadsheet would run as a formula are escaped.
@@ -62,6 +68,7 @@ RATING_COLUMNS = [
     "jod_upper",
     "comparisons",
 ]
+PWCMP_COLUMNS = ["observer", "session", "scene", "condition_A", "condition_B", "is_A_selected"]
 RATER_COLUMNS = [
     "rater",
     "specialty",
@@ -113,6 +120,7 @@ EXPORT_FILES = (
     "pairwise.csv",
     "ratings.csv",
     "raters.csv",
+    "pwcmp.csv",
     "report.json",
     "study.db",
 )
@@ -149,6 +157,7 @@ def export_study(
             RATING_COLUMNS,
         ),
         "raters": write_csv(out / "raters.csv", _rater_rows(db, study_id, report), RATER_COLUMNS),
+        "pwcmp": write_csv(out / "pwcmp.csv", pwcmp_rows(votes), PWCMP_COLUMNS),
     }
     written["report"] = out / "report.json"
     written["report"].write_text(json.dumps(report, indent=2, allow_nan=False), encoding="utf-8")
@@ -175,6 +184,24 @@ def export_zip(db: StudyDB, study_id: str, out_dir: str | os.PathLike) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return archive
+
+
+def pwcmp_rows(votes) -> list[dict]:
+    """The votes as pwcmp's long table (see the module docstring); a tie gives two rows."""
+    rows = []
+    for vote in votes.to_dict(orient="records"):
+        row = {
+            "observer": vote["rater"],
+            "session": 1,
+            "scene": vote["item"],
+            "condition_A": vote["method_left"],
+            "condition_B": vote["method_right"],
+        }
+        if vote["choice"] in ("left", "right"):
+            rows.append({**row, "is_A_selected": int(vote["choice"] == "left")})
+        else:
+            rows += [{**row, "is_A_selected": 1}, {**row, "is_A_selected": 0}]
+    return rows
 
 
 def _sections(report: dict) -> list[tuple[str, dict]]:

@@ -8,12 +8,13 @@ are shown by their labels, which only researchers ever see.
 from __future__ import annotations
 
 import math
+import threading
 from html import escape
 from typing import NamedTuple
 
 import pandas as pd
 
-from study.analysis import N_BOOTSTRAP, analyse_study, interval
+from study.analysis import N_BOOTSTRAP, analyse_study, format_position_bias, interval
 from study.create import list_studies
 from study.db import StudyDB
 from study.trials import progress
@@ -56,10 +57,32 @@ class ResultTables(NamedTuple):
     quality: pd.DataFrame
 
 
+# The analysis (a rater bootstrap) changes only when votes arrive: kept per study and vote
+# count, so looking again, refreshing or a second researcher costs no refit.
+_REPORTS: dict[tuple, dict] = {}
+_REPORTS_LOCK = threading.Lock()
+REPORTS_KEPT = 16
+
+
+def cached_report(db: StudyDB, study_id: str, votes: int, *, n_boot: int = N_BOOTSTRAP) -> dict:
+    """`analyse_study` of ``study_id``, refitted only when its vote count changed."""
+    key = (str(db.path), study_id, votes, n_boot)
+    with _REPORTS_LOCK:
+        report = _REPORTS.get(key)
+    if report is None:
+        report = analyse_study(db, study_id, n_boot=n_boot)
+        with _REPORTS_LOCK:
+            _REPORTS[key] = report
+            while len(_REPORTS) > REPORTS_KEPT:
+                _REPORTS.pop(next(iter(_REPORTS)))
+    return report
+
+
 def result_tables(db: StudyDB, study_id: str, *, n_boot: int = N_BOOTSTRAP) -> ResultTables:
     """Progress and analysis of a study, formatted; raises StudyError for an unknown study."""
     status = progress(db, study_id)
-    report = analyse_study(db, study_id, n_boot=n_boot)
+    report = dict(cached_report(db, study_id, status["votes"], n_boot=n_boot))
+    report["study"] = {**report["study"], "status": status["status"]}
     labels = report["study"]["labels"]
     return ResultTables(
         status_markdown(status, report),
@@ -85,8 +108,16 @@ def status_markdown(status: dict, report: dict) -> str:
         f"**{status['status']}**, {status['design']} design, {status['items']} images × "
         f"{len(status['methods'])} methods ({status['stimuli']} stimuli). "
         f"**{status['votes']}** votes of {planned} planned ({share}) from {len(raters)} raters, "
-        f"{complete} finished. Krippendorff's α {alpha_text}. Intervals are 95%, from "
-        f"{report['n_bootstrap']} rater resamples."
+        f"{complete} finished. Krippendorff's α {alpha_text}. "
+        + (
+            escape(report["intervals"])
+            if report.get("intervals")
+            else f"Intervals are 95%, from {report['n_bootstrap']} rater resamples."
+        )
+        + f" Outlier flags need at least {report.get('min_votes_for_outlier', '-')} decisive "
+        "votes from a rater.\n\n**Position bias:** "
+        + " ".join(line.strip() for line in format_position_bias(report.get("position_bias") or {}))
+        + "."
     )
 
 

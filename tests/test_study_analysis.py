@@ -270,3 +270,61 @@ def test_votes_naming_unknown_methods_are_rejected():
     )
     with pytest.raises(ValueError, match="not in"):
         analysis.preference_share(votes, ["a", "b"])
+
+
+def biased_panel(h: float, *, n_raters: int = 8, seed: int = 0) -> pd.DataFrame:
+    """A panel following Bradley-Terry with TRUTH plus ``h`` log-odds for the left image."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for r in range(n_raters):
+        for item in range(6):
+            for a, b in itertools.combinations(METHODS, 2):
+                left, right = (a, b) if rng.random() < 0.5 else (b, a)
+                p_left = 1 / (1 + math.exp(-(TRUTH[left] - TRUTH[right] + h)))
+                choice = "left" if rng.random() < p_left else "right"
+                rows.append(
+                    {"rater": f"R{r:02d}", "item": item, "method_left": left}
+                    | {"method_right": right, "choice": choice}
+                )
+    return pd.DataFrame(rows)
+
+
+def test_position_bias_is_measured_per_rater_and_overall_with_intervals():
+    biased = analysis.position_bias(biased_panel(1.0), METHODS)
+    fair = analysis.position_bias(biased_panel(0.0, seed=1), METHODS)
+    overall = biased["overall"]
+    assert overall["decisive"] == 8 * 6 * 10 and overall["lower"] > 0.5  # left preferred
+    assert fair["overall"]["lower"] < 0.5 < fair["overall"]["upper"]
+    assert len(biased["raters"]) == 8
+    assert all(r["lower"] <= r["left_share"] <= r["upper"] for r in biased["raters"])
+    fit = biased["bt_position"]
+    assert fit["h_lower"] < 1.0 < fit["h_upper"] and fit["h_lower"] > 0  # recovers the term
+    assert fair["bt_position"]["h_lower"] < 0 < fair["bt_position"]["h_upper"]
+    assert fit["ranking"] == METHODS and fit["ranking_changed"] is False
+    scores = np.array([fit["scores"][m] for m in METHODS])
+    assert abs(scores.mean()) < 1e-9 and np.corrcoef(scores, list(TRUTH.values()))[0, 1] > 0.95
+    text = "\n".join(analysis.format_position_bias(biased))
+    assert "log-odds for the left image" in text and "does not change the ranking" in text
+
+
+def test_few_raters_give_no_intervals_and_say_why():
+    votes = simulate_panel(TRUTH, n_raters=2, n_items=4, seed=3)
+    table = analysis.ratings(votes, METHODS, n_boot=100)
+    assert table[["bt_lower", "bt_upper", "jod_lower", "jod_upper"]].isna().all().all()
+    note = analysis.interval_note(2)
+    assert "2 raters give only 3 distinct resamples" in note and "at least 5" in note
+    assert analysis.interval_note(analysis.MIN_RATERS_FOR_INTERVALS) == ""
+    report = analysis.analyse(votes, METHODS, n_boot=20)
+    assert report["intervals"] == note and note in analysis.format_report(report)
+    five = analysis.ratings(simulate_panel(TRUTH, n_raters=5, n_items=2), METHODS, n_boot=50)
+    assert five["bt_lower"].notna().all()
+
+
+def test_a_rater_with_few_votes_is_never_flagged():
+    votes = simulate_panel(TRUTH, n_raters=6, n_items=3, seed=2)
+    few = votes[votes["rater"] == votes["rater"].iloc[0]].head(1).copy()
+    few["rater"] = "Rnew"
+    few["choice"] = few["choice"].map({"left": "right", "right": "left"})  # against everyone
+    table = analysis.loo_outliers(pd.concat([votes, few]), METHODS)
+    assert not table.loc["Rnew", "outlier"]
+    assert analysis.MIN_VOTES_FOR_OUTLIER == 10

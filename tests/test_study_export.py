@@ -80,9 +80,20 @@ def test_export_writes_every_file_with_consistent_counts(tmp_path):
         ratings = list(csv.DictReader(f))
     dpe = next(r for r in ratings if r["method"] == "dpe")
     assert dpe["label"].startswith("'=")  # the hostile label is escaped
-    assert float(dpe["bt_lower"]) <= float(dpe["bt"]) <= float(dpe["bt_upper"])
+    # Three raters give 10 distinct rater resamples: no interval, and the report says why.
+    assert dpe["bt_lower"] == dpe["bt_upper"] == "" and float(dpe["bt"])
     report = json.loads(written["report"].read_text())
     assert report["votes"] == 36 and report["study"]["id"] == study_id
+    assert "3 raters give only 10 distinct resamples" in report["intervals"]
+    assert report["position_bias"]["overall"]["decisive"] == 18
+    with written["pwcmp"].open(newline="", encoding="utf-8") as f:
+        long = list(csv.DictReader(f))
+    header = ["observer", "session", "scene", "condition_A", "condition_B", "is_A_selected"]
+    assert list(long[0]) == header
+    ties = sum(v["choice"] in ("tie", "both_bad") for v in votes)
+    assert len(long) == 36 + ties  # a tie is half a win each: two rows
+    lefts = sum(v["choice"] == "left" for v in votes) + ties
+    assert sum(r["is_A_selected"] == "1" for r in long) == lefts
     snapshot = sqlite3.connect(written["database"])
     assert snapshot.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert snapshot.execute("SELECT count(*) FROM votes").fetchone()[0] == 36

@@ -196,7 +196,8 @@ def revoke(
 def _result_views(w: dict) -> None:
     """Status, raters, shares, scales, win matrix, per modality, rater quality."""
     w["status"] = gr.Markdown(elem_id="results-status")
-    w["raters"] = gr.Dataframe(label="Raters", interactive=False)
+    # Tall enough for a whole panel: a shorter table hid raters below its fold, unannounced.
+    w["raters"] = gr.Dataframe(label="Raters (all of them)", interactive=False, max_height=2000)
     w["share"] = gr.BarPlot(
         study.tables.empty_share(),
         x="method",

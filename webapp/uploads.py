@@ -142,12 +142,18 @@ def prepare_upload(path: str, what: str) -> dd.Prepared:
 # their own under random names, and that root is served as static files (not copied).
 SCREENS_ROOT = scratch_folder("screens")
 SCREEN_SECONDS = 6 * 3600  # a screen's links live this long; a reload serves new ones
+_screens_pruned = [0.0]  # time.monotonic() of the last sweep: at most one a minute
 
 
 def serve_privately(paths: list[str | os.PathLike | None]) -> list[str | None]:
     """Each file in ``paths`` under a fresh random name in a fresh folder, as served to one
     browser; None stays None. Links where the file system allows, else copies."""
-    folder = fresh_output_dir(SCREENS_ROOT, SCREEN_SECONDS)
+    now = time.monotonic()
+    if now - _screens_pruned[0] > 60:  # a sweep stats every folder: not on every answer
+        _screens_pruned[0] = now
+        prune_old(SCREENS_ROOT, SCREEN_SECONDS)
+    SCREENS_ROOT.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(dir=SCREENS_ROOT))
     served: list[str | None] = []
     for path in paths:
         if path is None:
