@@ -565,10 +565,15 @@ def loo_outliers(votes: pd.DataFrame, methods: Sequence[str]) -> pd.DataFrame:
 
 
 def response_times(votes: pd.DataFrame) -> pd.Series:
-    """Median response time in ms per rater."""
-    if "response_ms" not in votes:
+    """Median reading time in ms per rater: the browser's, from both images drawn to the
+    answer; the server's round trip (``response_ms``) only where the browser measured none."""
+    if "response_ms" not in votes and "reading_ms" not in votes:
         return pd.Series(dtype=float, name="median_response_ms")
-    times = pd.to_numeric(votes["response_ms"], errors="coerce")
+    times = pd.Series(math.nan, index=votes.index)
+    if "reading_ms" in votes:
+        times = pd.to_numeric(votes["reading_ms"], errors="coerce").astype(float)
+    if "response_ms" in votes:
+        times = times.fillna(pd.to_numeric(votes["response_ms"], errors="coerce"))
     return times.groupby(votes["rater"]).median().rename("median_response_ms")
 
 
@@ -671,6 +676,7 @@ VOTE_COLUMNS = [
     "trial",
     "repeat_of",
     "response_ms",
+    "reading_ms",
     "timestamp",
     "client_ts",
 ]
@@ -683,8 +689,8 @@ def load_votes(db, study_id: str) -> pd.DataFrame:
         """SELECT s.id AS study, r.pseudonym AS rater, r.specialty AS rater_specialty,
                   i.original_file AS item, i.modality, ml.key AS method_left,
                   mr.key AS method_right, v.choice, mc.key AS chosen_method, t.is_repeat,
-                  t.id AS trial, t.repeat_of, v.response_ms, v.server_ts AS timestamp,
-                  v.client_ts
+                  t.id AS trial, t.repeat_of, v.response_ms, v.reading_ms,
+                  v.server_ts AS timestamp, v.client_ts
            FROM votes v JOIN trials t ON t.id = v.trial JOIN raters r ON r.id = t.rater
            JOIN studies s ON s.id = r.study JOIN items i ON i.id = t.item
            JOIN methods ml ON ml.id = t.left_method JOIN methods mr ON mr.id = t.right_method

@@ -198,11 +198,18 @@ def m003_rater_revocation(db: sqlite_utils.Database) -> None:
     db["raters"].add_column("revoked", str)
 
 
+def m004_reading_time(db: sqlite_utils.Database) -> None:
+    """The reading time the rater's browser measured: from both images drawn to the answer
+    (``response_ms`` is the server's round trip, which includes delivering the screen)."""
+    db["votes"].add_column("reading_ms", int)
+
+
 # Append-only: a released migration never changes; a schema change is a new function here.
 MIGRATION_STEPS = (
     m001_initial_schema,
     m002_audit_events_and_last_seen,
     m003_rater_revocation,
+    m004_reading_time,
 )
 MIGRATIONS = Migrations("dpe_study")
 for _step in MIGRATION_STEPS:

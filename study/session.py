@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import os
 import secrets
 import time
@@ -158,8 +159,13 @@ def issued_for(db: StudyDB, token, rater: int, screen: Screen | None) -> bool:
     return _same_token(token, f"{nonce}.{_signature(db, rater, screen, nonce)}")
 
 
-def answer(db: StudyDB, session: Session, token: str | None, choice: str) -> Session:
+def answer(
+    db: StudyDB, session: Session, token: str | None, choice: str, reading_ms=None
+) -> Session:
     """Record ``choice`` for the screen whose token is ``token``, then serve the next screen.
+
+    ``reading_ms`` is what the browser measured from both images drawn to the answer; any
+    value that is not a plausible whole number of milliseconds is stored as not measured.
 
     Practice answers are not stored. An answer for any other screen (or once nothing is on
     display) raises :class:`StaleScreenError`. A trial answered meanwhile from another tab
@@ -177,12 +183,27 @@ def answer(db: StudyDB, session: Session, token: str | None, choice: str) -> Ses
         if session.served_at:
             elapsed_ms = min(int((time.monotonic() - session.served_at) * 1000), MAX_RESPONSE_MS)
         try:
-            record_vote(db, session.rater, screen.trial_id, choice, response_ms=elapsed_ms)
+            record_vote(
+                db,
+                session.rater,
+                screen.trial_id,
+                choice,
+                response_ms=elapsed_ms,
+                reading_ms=_milliseconds(reading_ms),
+            )
         except VoteConflictError:
             note = ANSWERED_ELSEWHERE  # the first answer stands
     else:
         session = replace(session, practice=session.practice[1:])
     return replace(next_screen(db, session), note=note)
+
+
+def _milliseconds(value) -> int | None:
+    # From the browser: a number (JSON gives floats), or anything at all.
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    value = round(value)
+    return value if 0 <= value <= MAX_RESPONSE_MS else None
 
 
 def recover(
@@ -191,6 +212,7 @@ def recover(
     token: str | None,
     choice: str,
     practice: Sequence[Sequence[str | os.PathLike]] = (),
+    reading_ms=None,
 ) -> Session:
     """After a server restart lost the rater's session: sign in again with ``code`` and, when
     ``token`` was issued for the trial that is now their first unanswered one, record
@@ -202,7 +224,7 @@ def recover(
         and screen.kind == "trial"
         and issued_for(db, token, session.rater, screen)
     ):
-        return answer(db, replace(session, token=token, served_at=0.0), token, choice)
+        return answer(db, replace(session, token=token, served_at=0.0), token, choice, reading_ms)
     return session
 
 

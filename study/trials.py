@@ -454,13 +454,17 @@ def record_vote(
     *,
     response_ms: int | None = None,
     client_ts: str | None = None,
+    reading_ms: int | None = None,
 ) -> Vote:
     """Store the rater's answer to one of their trials; ``choice`` is left, right, tie or both_bad.
 
     Idempotent: the same vote again returns the stored one (``duplicate=True``). A different
     choice for an answered trial raises :class:`VoteConflictError`; votes are never changed.
+    ``response_ms`` is the server's time from serving the screen to the answer,
+    ``reading_ms`` the browser's from both images drawn to the click (None: not measured).
     """
     choice = _check_vote(choice, response_ms, client_ts)
+    _check_ms(reading_ms, "reading_ms")
     trial_id = _check_id(trial_id, "trial")
     rater_id = _check_id(rater_id, "rater")
     with db.atomic() as tx:
@@ -476,12 +480,22 @@ def record_vote(
         chosen = {"left": trial["left_method"], "right": trial["right_method"]}.get(choice)
         server_ts = now_iso()
         tx.execute(
-            """INSERT INTO votes (trial, choice, chosen_method, response_ms, client_ts, server_ts)
-               VALUES (?, ?, ?, ?, ?, ?)""",
-            [trial_id, choice, chosen, response_ms, client_ts, server_ts],
+            """INSERT INTO votes (trial, choice, chosen_method, response_ms, client_ts, server_ts,
+                                  reading_ms)
+               VALUES (?, ?, ?, ?, ?, ?, ?)""",
+            [trial_id, choice, chosen, response_ms, client_ts, server_ts, reading_ms],
         )
         tx.execute("UPDATE raters SET last_seen = ? WHERE id = ?", [server_ts, rater_id])
     return Vote(trial_id, choice, server_ts)
+
+
+def _check_ms(value, name: str) -> None:
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_RESPONSE_MS
+    ):
+        raise StudyError(
+            f"{name} must be a whole number from 0 to {MAX_RESPONSE_MS}; got {value!r}."
+        )
 
 
 def _check_vote(choice, response_ms, client_ts) -> str:

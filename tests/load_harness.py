@@ -394,7 +394,7 @@ class StudyPage:
     def answer(self, screen: Screen, choice: str) -> Screen:
         """Press an answer button on ``screen``; returns the next screen once it arrives."""
         # The session is the server's; no code is remembered in this browser.
-        return self.protocol.screen(self.event(f"vote_{choice}", [None, screen.token, None]))
+        return self.protocol.screen(self.event(f"vote_{choice}", [None, screen.token, None, None]))
 
     def enable_answers(self) -> None:
         """The unqueued follow-up of every answer, which enables the buttons again."""

@@ -763,11 +763,11 @@ def test_rater_functions_refuse_http_callers_without_a_session(server, fresh_thr
     votes = ["vote_left", "vote_right", "vote_tie", "vote_both_bad"]
     for name, session in zip(votes, [None, forged, json.dumps(forged), "x"], strict=True):
         # No session: the sign-in form comes back with a message (no pop-up), nothing else.
-        kind, outputs = call(server, name, session, "0" * 16, None)
+        kind, outputs = call(server, name, session, "0" * 16, None, None)
         assert kind == "complete" and "restarted" in json.dumps(outputs)
         assert ".png" not in json.dumps(outputs) and "Served study" not in json.dumps(outputs)
         # A forged "remembered" code is checked like any typed code.
-        kind, outputs = call(server, name, session, "0" * 16, "forged-code")
+        kind, outputs = call(server, name, session, "0" * 16, "forged-code", None)
         assert kind == "complete" and "not valid" in json.dumps(outputs)
     kind, outputs = call(server, "save_profile", forged, "x", 3)
     assert kind == "complete" and "session has ended" in outputs[0]
@@ -793,21 +793,23 @@ def test_the_session_stays_on_the_server_and_forged_state_is_ignored(server, fre
     before = vote_count(server.db)
     # A wrong screen token (a leaked session id alone): nothing kept, nothing sent back, in
     # particular neither the valid token nor the images.
-    wrong = queue_call(server, "vote_left", [forged, "0" * 16, None], mine)
+    wrong = queue_call(server, "vote_left", [forged, "0" * 16, None, None], mine)
     assert wrong["success"] and token not in json.dumps(wrong["output"])
     assert ".png" not in json.dumps(wrong["output"])
     # The screen token without the session (another browser): asked to sign in, no vote.
-    elsewhere = queue_call(server, "vote_left", [forged, token, None], theirs)
+    elsewhere = queue_call(server, "vote_left", [forged, token, None, None], theirs)
     assert elsewhere["success"] and "restarted" in json.dumps(elsewhere["output"])
     assert ".png" not in json.dumps(elsewhere["output"])
     assert vote_count(server.db) == before
     # The browser's value for the session is ignored: the server's own session votes.
-    counted = queue_call(server, "vote_right", ["anything", token, None], mine)
+    counted = queue_call(server, "vote_right", ["anything", token, None, 1234], mine)
     assert counted["success"] and counted["output"]["data"][1] != token
     rows = server.db.query(
-        "SELECT t.rater, v.choice FROM votes v JOIN trials t ON t.id = v.trial ORDER BY v.id"
+        "SELECT t.rater, v.choice, v.reading_ms FROM votes v JOIN trials t ON t.id = v.trial"
+        " ORDER BY v.id"
     )
-    assert len(rows) == before + 1 and rows[-1] == {"rater": invite.rater_id, "choice": "right"}
+    assert len(rows) == before + 1
+    assert rows[-1] == {"rater": invite.rater_id, "choice": "right", "reading_ms": 1234}
 
 
 def test_the_queue_cannot_be_skipped(server, fresh_throttles):
@@ -849,7 +851,7 @@ def test_a_withdrawn_code_is_refused_over_http(server, fresh_throttles):
     token = queue_call(server, "join_study", [invite.code, ""], mine)["output"]["data"][1]
     pseudonym = study.rater_by_token(server.db, invite.code)["pseudonym"]
     study.revoke_rater(server.db, server.study_id, pseudonym)
-    refused = queue_call(server, "vote_left", [None, token, None], mine)
+    refused = queue_call(server, "vote_left", [None, token, None, None], mine)
     assert refused["success"] and "withdrawn" in json.dumps(refused["output"])
     kind, outputs = call(server, "join_study", invite.code, "")
     assert kind == "complete" and "withdrawn" in json.dumps(outputs)

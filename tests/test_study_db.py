@@ -15,7 +15,7 @@ from tests.test_study_support import make_study
 
 def test_new_database_has_schema_version_and_tables(tmp_path):
     db = study.open_db(tmp_path / "s.db")
-    assert db.schema_version() == study.SCHEMA_VERSION == 3
+    assert db.schema_version() == study.SCHEMA_VERSION == 4
     tables = set(db.db.table_names())
     expected = {"studies", "methods", "items", "stimuli", "raters", "trials", "votes", "events"}
     assert expected <= tables
@@ -87,7 +87,7 @@ def test_opening_an_older_database_migrates_it_and_keeps_its_rows(tmp_path):
     before.close()
 
     db = study.open_db(path)
-    assert db.schema_version() == 3
+    assert db.schema_version() == 4
     assert "events" in db.db.table_names()
     assert {"last_seen", "revoked"} <= set(db.db["raters"].columns_dict)
     assert db.query("SELECT revoked FROM raters") == [{"revoked": None}]  # old codes stay valid
@@ -97,9 +97,10 @@ def test_opening_an_older_database_migrates_it_and_keeps_its_rows(tmp_path):
         "m001_initial_schema",
         "m002_audit_events_and_last_seen",
         "m003_rater_revocation",
+        "m004_reading_time",
     ]
     db.close()
-    assert study.open_db(path).schema_version() == 3  # opening again changes nothing
+    assert study.open_db(path).schema_version() == 4  # opening again changes nothing
 
 
 def test_database_newer_than_the_code_is_refused(tmp_path):

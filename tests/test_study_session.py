@@ -216,3 +216,21 @@ def test_a_reopened_study_takes_votes_again(setup):
     assert back.screen.done == 1 and back.screen.trial_id == s.screen.trial_id
     with pytest.raises(study.StudyError, match="not closed"):
         study.reopen_study(db, study_id)
+
+
+def test_reading_time_from_the_browser_is_stored_beside_the_round_trip(setup):
+    db, study_id, invite, _ = setup
+    s = rs.join(db, invite.code)
+    s = dataclasses.replace(s, served_at=time.monotonic() - 3.0)  # delivery and drawing too
+    s = rs.answer(db, s, s.token, "left", 864.4)
+    for junk in (None, -5, "900", float("nan"), 10.0**12):  # five trials left
+        s = rs.answer(db, s, s.token, "right", junk)  # not measured, never an error
+    votes = study.load_votes(db, study_id)
+    assert votes["reading_ms"].iloc[0] == 864 and votes["response_ms"].iloc[0] >= 3000
+    assert votes["reading_ms"].iloc[1:].isna().all()
+    # The analysis reports the reading time where the browser measured one.
+    from study import analysis
+
+    medians = analysis.response_times(votes.head(1))
+    assert medians.iloc[0] == 864
+    assert analysis.response_times(votes.iloc[1:2]).iloc[0] == votes["response_ms"].iloc[1]

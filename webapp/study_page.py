@@ -55,8 +55,19 @@ VIEW = ("session", "screen", *BOXES, "message", "header", "progress", "source", 
 VIEW += (*ANSWERS, "remembered", "pending")
 REMEMBER_KEY = "study-invite-code"
 
+# Also measures reading time: when the last of A and B has loaded (and is drawn in the next
+# frame) the screen counts as shown; the answer's click reads the time since then.
 KEYBOARD_JS = """
 <script>
+window.pairShownAt = null;
+document.addEventListener("load", (event) => {
+  const image = event.target;
+  if (!image || image.tagName !== "IMG" || !image.closest("#image-a, #image-b")) return;
+  const pair = [...document.querySelectorAll("#image-a img, #image-b img")];
+  if (pair.length === 2 && pair.every((i) => i.complete && i.naturalWidth > 0)) {
+    requestAnimationFrame(() => { window.pairShownAt = performance.now(); });
+  }
+}, true);
 document.addEventListener("keydown", (event) => {
   const target = event.target;
   if (event.altKey || event.ctrlKey || event.metaKey || event.repeat) return;
@@ -74,12 +85,16 @@ document.addEventListener("keydown", (event) => {
 """
 
 # Runs in the browser when an answer is given, before the request leaves: later clicks and
-# key presses find the buttons disabled. Passes the event's two inputs through unchanged.
+# key presses find the buttons disabled. Passes the event's inputs through, the last one
+# replaced by the reading time (ms since both images were drawn; null when not measured).
 DISABLE_VOTES_JS = """(...inputs) => {
   for (const id of ["vote-a", "vote-b", "vote-tie", "vote-bad", "study-pause"]) {
     const button = document.getElementById(id);
     if (button) button.disabled = true;
   }
+  const shown = window.pairShownAt;
+  window.pairShownAt = null;
+  inputs[inputs.length - 1] = shown === null ? null : Math.round(performance.now() - shown);
   return inputs;
 }"""
 
@@ -171,8 +186,11 @@ def vote(
     screen: str | None,
     choice: str,
     remembered: str | None = None,
+    reading_ms: float | None = None,
 ) -> dict:
     """Record ``choice`` for the screen the browser showed (``screen``), then show the next.
+
+    ``reading_ms`` is the browser's time from both images drawn to the answer.
 
     Practice answers are not recorded. An answer for a screen that is no longer current (a
     second click racing the first) changes nothing and shows nothing. After a server restart
@@ -185,9 +203,12 @@ def vote(
             if not remembered:
                 message = warning(RESTARTED) if screen else warning(SESSION_ENDED)
                 return {**study_view(None, "join", message), "pending": f"{screen} {choice}"}
-            session = study.session.recover(db(), remembered, screen, choice, _practice())
+            session = study.session.recover(
+                db(), remembered, screen, choice, _practice(), reading_ms
+            )
             return _show(session, enabled=False)
-        return _show(study.session.answer(db(), session, screen, choice), enabled=False)
+        answered = study.session.answer(db(), session, screen, choice, reading_ms)
+        return _show(answered, enabled=False)
     except study.session.StaleScreenError:
         return {}  # the answer that moved this screen on already shows the next one
     except ValueError as exc:
@@ -196,8 +217,10 @@ def vote(
 
 
 def _voter(choice: str):
-    def record(session: Session | None, screen: str | None, remembered: str | None) -> dict:
-        return vote(session, screen, choice, remembered)
+    def record(
+        session: Session | None, screen: str | None, remembered: str | None, reading_ms=None
+    ) -> dict:
+        return vote(session, screen, choice, remembered, reading_ms)
 
     record.__name__ = f"vote_{choice}"
     return record
@@ -320,6 +343,7 @@ def _layout() -> dict:
     w["remembered"] = gr.BrowserState(None, storage_key=REMEMBER_KEY)
     # An answer given while the server was away, kept in the page until the code is entered.
     w["pending"] = gr.Textbox(visible=False, elem_id="study-pending")
+    w["reading"] = gr.Number(visible=False, elem_id="study-reading")  # set by DISABLE_VOTES_JS
     w["message"] = gr.Markdown(elem_id="study-message")
     with gr.Column(visible=True) as w["join"]:
         gr.Markdown(STUDY_HELP)
@@ -358,7 +382,7 @@ def build(demo: gr.Blocks) -> None:
         # The screen token is read when the button is pressed, before anything else runs.
         w[name].click(
             by_name(_voter(choice)),
-            [w["session"], w["screen"], w["remembered"]],
+            [w["session"], w["screen"], w["remembered"], w["reading"]],
             view,
             js=DISABLE_VOTES_JS,
             **STUDY,
