@@ -15,7 +15,11 @@ notes). Formats are recognised by their content, never by the file name:
   16-bit colour PNG to 8 bits, so those go through OpenCV instead.
 
 EXIF orientation is applied, alpha is composited on black and grayscale is expanded to three
-equal channels, once, here.
+equal channels, once, here. A 16-bit gray PNG or TIFF that carries no window (no DICOM header,
+no PNG ``sBIT``) is shown at its stored depth, as a viewer of that depth would: the smallest of
+`STORED_BITS` that holds its maximum is white (a 12-bit radiograph in a 16-bit file is not
+almost black); nothing is stretched. ``LoadedImage.gray`` also flags RGB files whose channels
+agree within two levels, so callers keep a gray picture gray.
 
 The pixel count is read from the header and checked before anything is decoded, so a
 decompression bomb costs nothing; a TIFF's sample count is checked too (four per pixel at
