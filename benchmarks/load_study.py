@@ -1,6 +1,7 @@
 """Raters voting at once while visitors enhance: is every acknowledged vote stored exactly once?
 
     python benchmarks/load_study.py --raters 32 --enhancers 2 [--seed 0] [--think 0.2:1.0]
+                                    [--json out/load.json]
 
 Starts ``python app.py`` on 127.0.0.1 with a fresh study in a temporary data folder, then
 drives every rater the way their browser does, over HTTP only: the Study page's events go
@@ -24,6 +25,7 @@ The server, the raters and the audit are ``tests/load_harness.py``'s, which
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -126,6 +128,22 @@ def report(run: LoadRun, load: LoadStudy, result: Audit, *, enhancers: int) -> t
     return "\n".join(lines), all(met for *_, met in rows)
 
 
+def summary(run: LoadRun, load: LoadStudy, result: Audit) -> dict:
+    """The run's headline numbers for ``--json``: counts and the vote round trip's percentiles."""
+    p50, p95, p99 = percentiles(run.ledger.vote_ms)
+    return {
+        "planned": load.planned,
+        "acknowledged": result.acked,
+        "stored": result.stored,
+        "lost": result.lost,
+        "duplicated": result.duplicated,
+        "errors": error_count(run.ledger, load.codes),
+        "p50_ms": round(p50, 1),
+        "p95_ms": round(p95, 1),
+        "p99_ms": round(p99, 1),
+    }
+
+
 def _think(spec: str) -> tuple[float, float]:
     low, _, high = spec.partition(":")
     low, high = float(low), float(high or low)
@@ -151,6 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--same-upload", action="store_true", help="every visitor uploads the same bytes"
     )
     parser.add_argument("--deadline", type=float, default=600.0, help="seconds before giving up")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the numbers here")
     args = parser.parse_args(argv)
     load_avg = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     with tempfile.TemporaryDirectory(prefix="dpe-load-") as tmp:
@@ -179,6 +198,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"load average before start {load_avg}\n"
         )
         print(table)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(summary(run, load, result), indent=2) + "\n")
         for message in Counter(ledger.errors + ledger.enhance_errors).most_common(5):
             print(f"\n- {message[1]}× {message[0]}")
         if not met:

@@ -217,15 +217,11 @@ def recover(
     """After a server restart lost the rater's session: sign in again with ``code`` and, when
     ``token`` was issued for the trial that is now their first unanswered one, record
     ``choice`` for it (response time unknown). Otherwise just serve that screen."""
-    session = join(db, code, practice)
+    session = join(db, code)  # without practice: the token, if any, was for a trial
     screen = session.screen
-    if (
-        screen is not None
-        and screen.kind == "trial"
-        and issued_for(db, token, session.rater, screen)
-    ):
+    if screen and screen.kind == "trial" and issued_for(db, token, session.rater, screen):
         return answer(db, replace(session, token=token, served_at=0.0), token, choice, reading_ms)
-    return session
+    return join(db, code, practice)
 
 
 def _same_token(sent, expected: str) -> bool:

@@ -771,9 +771,13 @@ def test_rater_functions_refuse_http_callers_without_a_session(server, fresh_thr
         assert kind == "complete" and "not valid" in json.dumps(outputs)
     kind, outputs = call(server, "save_profile", forged, "x", 3)
     assert kind == "complete" and "session has ended" in outputs[0]
-    # A forged remembered code only fills the field; nothing is looked up or signed in.
-    kind, outputs = call(server, "restore_code", "forged-remembered-code")
-    assert kind == "complete" and outputs[0] == "forged-remembered-code"
+    # A forged remembered code fills the field; it signs nothing in.
+    kind, outputs = call(server, "restore_code", "forged-remembered-code", "", "")
+    assert kind == "complete" and outputs[-1] == "forged-remembered-code"
+    assert ".png" not in json.dumps(outputs)
+    # A tab that says it was signed in: the forged code is checked like a typed one.
+    kind, outputs = call(server, "restore_code", "forged-remembered-code", "", "1")
+    assert kind == "complete" and "not valid" in json.dumps(outputs)
     for name, args in [("pause", [forged]), ("resume", [forged]), ("show_profile", [forged])]:
         kind, outputs = call(server, name, *args)
         assert kind == "complete"

@@ -298,8 +298,8 @@ def test_closed_study_takes_no_votes_and_sign_out_forgets_the_code(open_study):
     assert v["done"].visible and "closed this study" in v["message"]
     out = view(study_page.forget_me())
     assert out["remembered"] is None and out["join"].visible and out["session"] is None
-    assert study_page.restore_code(None) == (gr.skip(), "")
-    assert study_page.restore_code(code)[0] == code
+    assert study_page.restore_code(None) == {"pending": "", "message": ""}
+    assert study_page.restore_code(code) == {"code": code, "message": study_page.WELCOME_BACK}
 
 
 def test_each_screen_gets_its_own_file_names_never_shared_or_derived(open_study):
@@ -348,6 +348,29 @@ def test_a_page_open_through_a_restart_keeps_the_answer(open_study):
     assert len(votes_in(study_id)) == 3
 
 
+def test_a_tab_reloaded_after_a_restart_signs_in_again_and_keeps_its_answer(open_study):
+    # Gradio reloads a page once its server is back; the tab remembers it was signed in and
+    # the answer it sent without a reply (sessionStorage), the browser the code.
+    study_id, code = open_study
+    v = view(study_page.join_study(code))
+    for _ in range(study_page.PRACTICE_TRIALS):
+        v = answer(v, "left")
+    pending = f"{v['screen']} tie"
+    restored = study_page.restore_code(code, pending, "1")
+    assert restored.pop("code") == code
+    back = view(restored)
+    assert votes_in(study_id) == ["tie"] and "Trial 2 of 6" in back["progress"]
+    assert back["trial"].visible
+    again = study_page.restore_code(code, "", "1")  # a reload, nothing pending
+    again = view({k: v for k, v in again.items() if k != "code"})
+    assert "Trial 2 of 6" in again["progress"] and votes_in(study_id) == ["tie"]
+    # No remembered code: the answer waits in the page until the code is typed in.
+    asked = view(study_page.restore_code(None, f"{again['screen']} right", "1"))
+    assert "restarted" in asked["message"] and asked["pending"].endswith(" right")
+    view(study_page.join_study(code, None, asked["pending"]))
+    assert votes_in(study_id) == ["tie", "right"]
+
+
 def test_a_study_only_app_serves_no_enhancer(monkeypatch):
     monkeypatch.setenv("DPE_STUDY_ONLY", "1")
     from webapp import build_app, study_only
@@ -382,6 +405,7 @@ def test_source_image_can_be_hidden(data_dir, tmp_path):
     for _ in range(study_page.PRACTICE_TRIALS):
         v = answer(v, "left")
     assert v["source"].visible is False and v["a"] is not None
+    assert v["source_box"].visible is False  # not even the "Low-quality source" opener
 
 
 def test_rater_profile_is_prefilled_and_saved(open_study):

@@ -31,7 +31,7 @@ THEME = gr.themes.Default(
 LAUNCH_OPTIONS = {
     "theme": THEME,
     "css": study_page.CSS + results.CSS,
-    "head": study_page.KEYBOARD_JS,
+    "head": study_page.KEYBOARD_JS + study_page.VIEWER_JS,
     "run_history": False,  # nothing a rater did is replayable from the browser
     "footer_links": ["api", "gradio"],
     "max_file_size": "200mb",

@@ -31,13 +31,19 @@ PRACTICE_TRIALS = 2
 PRACTICE_MODALITIES = ("dermatology", "microscopy")
 PRACTICE_DIR = uploads.scratch_folder("practice")
 STUDY_HELP = (
-    "Each screen shows two versions, **A** and **B**, of the same image, made from the small "
-    "low-quality source above them. Choose the one you would rather read for diagnosis: "
+    "Each screen shows two versions, **A** and **B**, of the same image, made from a "
+    "low-quality source (open **Low-quality source** above them to see it at full size). "
+    "Choose the one you would rather read for diagnosis: "
     "**A is better** (key `1` or `←`), **B is better** (`2` or `→`), **Tie** (`3`) or "
     "**Both unacceptable** (`4`). Look as long as you need; the time is recorded but there is "
     f"no limit. The first {PRACTICE_TRIALS} screens are practice and are not scored. "
     "**Pause** any time: your answers are saved, and the same code brings you back to where "
     "you stopped, on any device."
+)
+VIEWER_HELP = (
+    "Zoom: mouse wheel or pinch on either image, A and B follow together; drag to pan; "
+    "double-click to reset. **Full screen** (key `F`) shows the pair with the answers; "
+    "**How to judge** is always one click away."
 )
 THANKS = {
     "closed": "The study team has closed this study. Your answers are saved; thank you!",
@@ -51,7 +57,8 @@ RESTARTED = (
 BOXES = ("join", "trial", "paused", "done")
 ANSWERS = ("vote_a", "vote_b", "vote_tie", "vote_bad", "pause")
 # Every widget a study callback may update, by name (see build() for the widgets).
-VIEW = ("session", "screen", *BOXES, "message", "header", "progress", "source", "a", "b")
+VIEW = ("session", "screen", *BOXES, "message", "header", "progress", "source", "source_box")
+VIEW += ("a", "b")
 VIEW += (*ANSWERS, "remembered", "pending")
 REMEMBER_KEY = "study-invite-code"
 
@@ -87,7 +94,10 @@ document.addEventListener("keydown", (event) => {
 # Runs in the browser when an answer is given, before the request leaves: later clicks and
 # key presses find the buttons disabled. Passes the event's inputs through, the last one
 # replaced by the reading time (ms since both images were drawn; null when not measured).
+# The answer is also kept in the tab (sessionStorage) until the server confirms it, so an
+# answer sent while the server restarts counts once the page is back (see restore_code).
 DISABLE_VOTES_JS = """(...inputs) => {
+  sessionStorage.setItem("study-pending", `${inputs[1]} CHOICE`);
   for (const id of ["vote-a", "vote-b", "vote-tie", "vote-bad", "study-pause"]) {
     const button = document.getElementById(id);
     if (button) button.disabled = true;
@@ -98,10 +108,110 @@ DISABLE_VOTES_JS = """(...inputs) => {
   return inputs;
 }"""
 
+# This tab's memory (sessionStorage, gone with the tab): whether it is signed in, and an
+# answer still waiting for the server's reply. Read on load; see restore_code.
+READ_TAB_JS = """(remembered, pending, joined) => [remembered,
+  sessionStorage.getItem("study-pending") || "", sessionStorage.getItem("study-joined") || ""]"""
+JOINED_JS = """(...inputs) => { sessionStorage.setItem("study-joined", "1"); return inputs; }"""
+LEFT_JS = """(...inputs) => { sessionStorage.removeItem("study-joined"); return inputs; }"""
+FORGET_PENDING_JS = """() => { sessionStorage.removeItem("study-pending"); }"""
+
 CSS = """
 .study-progress { display: flex; gap: 1em; align-items: center; }
 .study-progress progress { flex: 1; height: 0.8em; }
 #image-a img, #image-b img { width: 100%; height: 100%; object-fit: contain; }
+#image-a div:has(> img), #image-b div:has(> img) { overflow: hidden; touch-action: none; }
+#study-pair:fullscreen { background: var(--body-background-fill); padding: 0.5em; }
+#study-pair:fullscreen #image-a, #study-pair:fullscreen #image-b { height: 88vh !important; }
+#study-viewer-help { font-size: 0.85em; }
+"""
+
+# Synchronised zoom and pan of A and B (one view for both: wheel or pinch zooms about the
+# pointer, a drag pans, a double click or a new screen resets), and the full-screen pair.
+VIEWER_JS = """
+<script>
+(() => {
+  const view = {scale: 1, x: 0, y: 0};
+  const pointers = new Map();
+  const images = () => [...document.querySelectorAll("#image-a img, #image-b img")];
+  const inPair = (target) => target && target.closest && target.closest("#image-a, #image-b");
+  const apply = () => {
+    for (const image of images()) {
+      image.style.transformOrigin = "0 0";
+      image.style.transform = `translate(${view.x}px, ${view.y}px) scale(${view.scale})`;
+    }
+  };
+  const reset = () => { view.scale = 1; view.x = 0; view.y = 0; apply(); };
+  const zoomAt = (cx, cy, factor) => {
+    const scale = Math.min(16, Math.max(1, view.scale * factor));
+    const f = scale / view.scale;
+    view.x = cx - (cx - view.x) * f;
+    view.y = cy - (cy - view.y) * f;
+    view.scale = scale;
+    if (scale === 1) { view.x = 0; view.y = 0; }
+    apply();
+  };
+  const local = (box, event) => {
+    const frame = (box.querySelector("img") || box).parentElement.getBoundingClientRect();
+    return [event.clientX - frame.left, event.clientY - frame.top];
+  };
+  document.addEventListener("wheel", (event) => {
+    const box = inPair(event.target);
+    if (!box) return;
+    event.preventDefault();
+    const [x, y] = local(box, event);
+    zoomAt(x, y, Math.exp(-event.deltaY * 0.002));
+  }, {passive: false});
+  document.addEventListener("pointerdown", (event) => {
+    const box = inPair(event.target);
+    if (!box) return;
+    pointers.set(event.pointerId, {x: event.clientX, y: event.clientY, box});
+    event.preventDefault();
+  });
+  document.addEventListener("pointermove", (event) => {
+    const last = pointers.get(event.pointerId);
+    if (!last) return;
+    if (pointers.size === 1) {
+      view.x += event.clientX - last.x;
+      view.y += event.clientY - last.y;
+      apply();
+    } else if (pointers.size === 2) {
+      const [a, b] = [...pointers.values()];
+      const other = a === last ? b : a;
+      const before = Math.hypot(last.x - other.x, last.y - other.y);
+      const after = Math.hypot(event.clientX - other.x, event.clientY - other.y);
+      const [x, y] = local(last.box, {clientX: (event.clientX + other.x) / 2,
+                                      clientY: (event.clientY + other.y) / 2});
+      if (before > 0) zoomAt(x, y, after / before);
+    }
+    pointers.set(event.pointerId, {x: event.clientX, y: event.clientY, box: last.box});
+  });
+  for (const kind of ["pointerup", "pointercancel", "pointerleave"]) {
+    document.addEventListener(kind, (event) => pointers.delete(event.pointerId));
+  }
+  document.addEventListener("dblclick", (event) => { if (inPair(event.target)) reset(); });
+  document.addEventListener("load", (event) => {
+    if (event.target.tagName === "IMG" && inPair(event.target)) reset();
+  }, true);
+  window.studyViewer = {view, reset};
+  window.studyFullScreen = () => {
+    const pair = document.getElementById("study-pair");
+    if (document.fullscreenElement) document.exitFullscreen();
+    else if (pair) pair.requestFullscreen();
+  };
+  document.addEventListener("keydown", (event) => {
+    const target = event.target;
+    if (event.altKey || event.ctrlKey || event.metaKey) return;
+    if (target && (target.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(target.tagName))) {
+      return;
+    }
+    if ((event.key === "f" || event.key === "F") && document.getElementById("study-pair")) {
+      const pair = document.getElementById("study-pair");
+      if (pair.offsetParent !== null || document.fullscreenElement) window.studyFullScreen();
+    }
+  });
+})();
+</script>
 """
 
 # ---------------------------------------------------------------- callbacks
@@ -139,6 +249,7 @@ def study_view(session: Session | None, view: str, message: str = "", *, enabled
         "header": header,
         "progress": progress,
         "source": gr.Image(value=images[0], visible=images[0] is not None),
+        "source_box": gr.Accordion(visible=images[0] is not None),
         "a": images[1],
         "b": images[2],
         **{name: gr.Button(interactive=enabled) for name in ANSWERS},
@@ -154,11 +265,27 @@ def _show(session: Session, *, enabled: bool = True) -> dict:
     )
 
 
-def restore_code(remembered: str | None):
-    """On page load: fill in the invite code this browser remembered, if any."""
+WELCOME_BACK = "Welcome back. Press **Start** to continue where you stopped."
+
+
+def restore_code(
+    remembered: str | None,
+    pending: str | None = "",
+    joined: str | None = "",
+    request: gr.Request | None = None,
+) -> dict:
+    """On page load: fill in the invite code this browser remembered, if any.
+
+    ``joined`` and ``pending`` come from this tab's sessionStorage: the tab was signed in, and
+    an answer it sent had no reply yet. Gradio reloads a page once its server is back after a
+    restart; such a tab signs in again at once and the answer counts (see `join_study`).
+    """
+    pending = pending if isinstance(pending, str) else ""
     if not remembered:
-        return gr.skip(), ""
-    return remembered, "Welcome back. Press **Start** to continue where you stopped."
+        return {"pending": pending, "message": warning(RESTARTED) if pending else ""}
+    if pending or joined:
+        return {**join_study(remembered, request, pending), "code": remembered}
+    return {"code": remembered, "message": WELCOME_BACK}
 
 
 def join_study(code: str, request: gr.Request | None = None, pending: str | None = None) -> dict:
@@ -291,31 +418,42 @@ def by_name(callback, names: tuple[str, ...] = VIEW):
 
 
 def _trial_box(w: dict) -> None:
-    """The trial screen: header, progress, the source, A and B, the answers, the profile form."""
-    w["header"], w["progress"] = gr.Markdown(), gr.HTML()
-    w["source"] = gr.Image(
-        label="Low-quality source",
-        height=160,
-        interactive=False,
-        format="png",
-        buttons=[],
-        elem_id="study-source",
-    )
-    with gr.Row(equal_height=True):
-        for side in ("a", "b"):
-            w[side] = gr.Image(
-                label=side.upper(),
-                height=460,
+    """The trial screen: progress, instructions and the source one click away, A and B side
+    by side with the answers under them (all above the fold at 1280×720), then the tools."""
+    w["progress"] = gr.HTML()
+    with gr.Row(elem_id="study-tools"):
+        with gr.Accordion("How to judge", open=False, elem_id="study-help"):
+            w["header"] = gr.Markdown()
+            gr.Markdown(STUDY_HELP + "\n\n" + VIEWER_HELP)
+        with gr.Accordion("Low-quality source", open=False, elem_id="study-source-box") as w[
+            "source_box"
+        ]:
+            w["source"] = gr.Image(
+                show_label=False,
                 interactive=False,
+                format="png",
                 buttons=["fullscreen"],
-                elem_id=f"image-{side}",
+                elem_id="study-source",
             )
-    with gr.Row():
-        w["vote_a"] = gr.Button("A is better  [1 / ←]", elem_id="vote-a")
-        w["vote_b"] = gr.Button("B is better  [2 / →]", elem_id="vote-b")
-        w["vote_tie"] = gr.Button("Tie  [3]", elem_id="vote-tie")
-        w["vote_bad"] = gr.Button("Both unacceptable  [4]", elem_id="vote-bad")
-    w["pause"] = gr.Button("Pause", size="sm", elem_id="study-pause")
+    with gr.Column(elem_id="study-pair"):  # what "Full screen" shows: the pair and the answers
+        with gr.Row(equal_height=True):
+            for side in ("a", "b"):
+                w[side] = gr.Image(
+                    label=side.upper(),
+                    height="58vh",
+                    interactive=False,
+                    buttons=[],
+                    elem_id=f"image-{side}",
+                )
+        with gr.Row(elem_id="study-answers"):
+            w["vote_a"] = gr.Button("A is better  [1 / ←]", elem_id="vote-a")
+            w["vote_b"] = gr.Button("B is better  [2 / →]", elem_id="vote-b")
+            w["vote_tie"] = gr.Button("Tie  [3]", elem_id="vote-tie")
+            w["vote_bad"] = gr.Button("Both unacceptable  [4]", elem_id="vote-bad")
+    with gr.Row(elem_id="study-more"):
+        gr.Markdown(VIEWER_HELP, elem_id="study-viewer-help")
+        w["fullscreen"] = gr.Button("Full screen  [F]", size="sm", elem_id="study-fullscreen")
+        w["pause"] = gr.Button("Pause", size="sm", elem_id="study-pause")
     with gr.Accordion("Your profile (optional)", open=False, elem_id="study-profile"):
         with gr.Row():
             w["specialty"] = gr.Textbox(label="Specialty", elem_id="profile-specialty")
@@ -344,6 +482,7 @@ def _layout() -> dict:
     # An answer given while the server was away, kept in the page until the code is entered.
     w["pending"] = gr.Textbox(visible=False, elem_id="study-pending")
     w["reading"] = gr.Number(visible=False, elem_id="study-reading")  # set by DISABLE_VOTES_JS
+    w["joined"] = gr.Textbox(visible=False, elem_id="study-joined")  # set by READ_TAB_JS
     w["message"] = gr.Markdown(elem_id="study-message")
     with gr.Column(visible=True) as w["join"]:
         gr.Markdown(STUDY_HELP)
@@ -373,21 +512,33 @@ def build(demo: gr.Blocks) -> None:
     answers = [w[name] for name in ANSWERS]
     profile = [w["specialty"], w["years"], w["profile_message"]]
 
-    demo.load(restore_code, w["remembered"], [w["code"], w["message"]], **STUDY)
+    restored = [w["remembered"], w["pending"], w["joined"]]
+    demo.load(
+        by_name(restore_code, (*VIEW, "code")),
+        restored,
+        [*view, w["code"]],
+        js=READ_TAB_JS,
+        **STUDY,
+    ).success(None, js=FORGET_PENDING_JS)
     for trigger in (w["start"].click, w["code"].submit):
-        trigger(by_name(join_study), [w["code"], w["pending"]], view, **STUDY).success(
-            show_profile, w["session"], profile, **STUDY
+        joined = trigger(
+            by_name(join_study), [w["code"], w["pending"]], view, js=JOINED_JS, **STUDY
         )
+        joined.success(show_profile, w["session"], profile, **STUDY)
+        joined.success(None, js=FORGET_PENDING_JS)
     for name, choice in zip(ANSWERS[:4], study.CHOICES, strict=True):
         # The screen token is read when the button is pressed, before anything else runs.
-        w[name].click(
+        answered = w[name].click(
             by_name(_voter(choice)),
             [w["session"], w["screen"], w["remembered"], w["reading"]],
             view,
-            js=DISABLE_VOTES_JS,
+            js=DISABLE_VOTES_JS.replace("CHOICE", choice),
             **STUDY,
-        ).then(enable_answers, None, answers, queue=False, **PRIVATE)
-    w["pause"].click(by_name(pause), w["session"], view, **STUDY)
-    w["resume"].click(by_name(resume), w["session"], view, **STUDY)
-    w["forget"].click(by_name(forget_me), None, view, **STUDY)
+        )
+        answered.then(enable_answers, None, answers, queue=False, **PRIVATE)
+        answered.success(None, js=FORGET_PENDING_JS)
+    w["pause"].click(by_name(pause), w["session"], view, js=LEFT_JS, **STUDY)
+    w["fullscreen"].click(None, js="() => window.studyFullScreen()")
+    w["resume"].click(by_name(resume), w["session"], view, js=JOINED_JS, **STUDY)
+    w["forget"].click(by_name(forget_me), None, view, js=LEFT_JS, **STUDY)
     w["profile_save"].click(save_profile, [w["session"], *profile[:2]], profile[2], **STUDY)
