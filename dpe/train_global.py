@@ -44,11 +44,13 @@ class GlobalConfig:
     name: str = "dpe-g"
     data: str = "data"
     width: int = 64  # the local path's width (untrained here, but part of the model)
+    hidden: int = 64  # the global MLP's width
     crop: int = 192  # side of the native-resolution crops (smaller tiles are resized up)
     batch_size: int = 32
     clean_frac: float = 0.2
     mild_frac: float = 0.2
     lr: float = 2e-3
+    cosine: bool = False  # decay lr to 10% over this invocation's --minutes (cosine)
     steps: int | None = None
     minutes: float | None = None
     eval_every: int = 100
@@ -137,7 +139,7 @@ def train_global(config: GlobalConfig, *, command: str = "") -> dict:
     torch.set_num_threads(config.threads or len(os.sched_getaffinity(0)))
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    model = build_net({"arch": "dpeg2", "width": config.width})
+    model = build_net({"arch": "dpeg2", "width": config.width, "hidden": config.hidden})
     opt = torch.optim.Adam(model.glob.parameters(), lr=config.lr)
     ckpt = Path(config.checkpoint_dir) / f"{config.name}-global.pt"
     step, wall, best, best_step, history = 0, 0.0, -math.inf, 0, []
@@ -145,6 +147,8 @@ def train_global(config: GlobalConfig, *, command: str = "") -> dict:
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
+        for group in opt.param_groups:  # the lr asked for now, not the one saved
+            group["lr"] = config.lr
         rng.bit_generator.state = state["rng"]
         step, wall, best, best_step, history = (
             state[k] for k in ("step", "wall", "best", "best_step", "history")
@@ -211,6 +215,10 @@ def train_global(config: GlobalConfig, *, command: str = "") -> dict:
         if config.steps is not None and step >= config.steps:
             break
         low, clean = sample_batch(tiles, config, rng)
+        if config.cosine and config.minutes:
+            done = min(1.0, (time.monotonic() - start) / (config.minutes * 60))
+            for group in opt.param_groups:
+                group["lr"] = config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * done)))
         with torch.enable_grad():
             loss = (model(low, local=False) - clean).abs().mean()
             opt.zero_grad(set_to_none=True)
