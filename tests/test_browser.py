@@ -12,12 +12,15 @@ and what it stored.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import os
 import re
 import zipfile
 from pathlib import Path
 
 import gradio as gr
+import httpx
 import pytest
 from PIL import Image
 from playwright.sync_api import expect, sync_playwright
@@ -28,9 +31,11 @@ from dpe.methods import list_methods, method_info
 from study import bridge
 from tests.chromium import CHROMIUM, CHROMIUM_ARGS
 from tests.conftest import served_app
+from tests.load_harness import AppServer
 from webapp import common
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+DOCS = EXAMPLES.parent / "docs"  # DPE_SAVE_SCREENSHOTS=1: the viewer test's shots go here
 STUDY_METHODS = ["identity", "autocontrast", "clahe"]
 # The study's method keys, and every label (labels are long enough never to occur by chance;
 # three-letter keys such as "dpe" could turn up inside a random file name).
@@ -312,6 +317,11 @@ def test_study_records_each_answer_once(rater_run, server):
     votes = study.load_votes(common.db(), server["study"])
     assert list(votes["choice"]) == CLICKS
     assert votes["trial"].is_unique and (votes["response_ms"] > 0).all()
+    # The browser's reading time (both images drawn to the answer) is stored beside the
+    # server's round trip, which also holds delivering and drawing the screen.
+    reading = votes["reading_ms"]
+    assert reading.notna().all() and (reading >= 0).all()
+    assert (reading <= votes["response_ms"]).all()
 
 
 def test_study_pages_and_traffic_reveal_no_method(rater_run, server):
@@ -419,11 +429,216 @@ def test_rater_fills_in_the_optional_profile(browser, server):
         "SELECT specialty, years_experience FROM raters WHERE id = ?", [server["second"].rater_id]
     )
     assert stored == [{"specialty": "pathology", "years_experience": 11}]
-    page.reload()  # back later: the form shows what is stored
-    expect(page.locator("#study-message")).to_contain_text("Welcome back")
-    page.click("#study-start")
+    page.reload()  # back later: the tab was signed in, so it continues at once
     expect(page.locator("#vote-a")).to_be_enabled()
+    no_error_popup(page)
     page.get_by_text("Your profile (optional)").click()
     expect(specialty).to_have_value("pathology")
     expect(years).to_have_value("11")
+    context.close()
+
+
+# ---------------------------------------------------------------- a study-only deployment
+
+
+def identity_or_tone(image, method: str):
+    """The study's methods: the unenhanced input (byte-identical to the source) and two tones."""
+    return image if method == "none" else image ** {"lighter": 0.7, "darker": 1.4}[method]
+
+
+def screen_urls(page) -> list[str]:
+    """The source, A and B as the page fetches them (the source's URL when shown)."""
+    urls = []
+    for box in ("#study-source", "#image-a", "#image-b"):
+        image = page.locator(f"{box} img")
+        if image.count():
+            urls.append(image.first.get_attribute("src"))
+    return urls
+
+
+def no_error_popup(page) -> None:
+    """Gradio's error pop-up (a toast over the page) is never shown: problems are messages."""
+    expect(page.locator(".toast-body")).to_have_count(0)
+
+
+@pytest.fixture(scope="module")
+def study_only(tmp_path_factory):
+    """``DPE_STUDY_ONLY=1 python app.py`` over a study whose first method is the unenhanced
+    input, with two invited raters; restartable (SIGKILL, then start again)."""
+    root = tmp_path_factory.mktemp("study-only")
+    images = root / "images"
+    for n, name in enumerate(["brain_mri_coronal", "ihc_colon"]):
+        modality = "radiology" if n == 0 else "microscopy"
+        images.mkdir(exist_ok=True)
+        src = EXAMPLES / modality / f"{name}.png"
+        Image.open(src).convert("RGB").resize((64, 64)).save(images / f"item{n}.png")
+    with study.open_db(root / "data" / "study.db") as db:
+        study_id = study.create_study(
+            db,
+            "Restart study",
+            sorted(images.glob("*.png")),
+            ["none", "lighter", "darker"],
+            identity_or_tone,
+            repeat_fraction=0.0,
+        )
+        codes = [study.invite_rater(db, study_id, f"Dr {n}").code for n in range(2)]
+    server = AppServer(root / "data", env={"DPE_STUDY_ONLY": "1"}).start()
+    try:
+        yield {"server": server, "study": study_id, "codes": codes, "db": root / "data/study.db"}
+    finally:
+        server.stop()
+
+
+def stored_choices(study_only) -> list[str]:
+    with study.open_db(study_only["db"]) as db:
+        return list(study.load_votes(db, study_only["study"])["choice"])
+
+
+def test_a_study_only_deployment_serves_no_enhancer(browser, study_only):
+    url = study_only["server"].url
+    context = new_context(browser)
+    page = context.new_page()
+    page.goto(url + "/")
+    expect(page.locator("#study-only-home")).to_contain_text("Open the study")
+    assert "Enhance" not in page.content() and page.locator("#methods").count() == 0
+    config = httpx.get(f"{url}/config", timeout=30).json()
+    names = {d.get("api_name") for d in config["dependencies"]}
+    assert "join_study" in names and not names & {"enhance", "load_upload", "load_example"}
+    assert httpx.get(f"{url}/gradio_api/info", timeout=30).json()["named_endpoints"] == {}
+    page.goto(url + "/study")
+    expect(page.locator("#study-start")).to_be_visible()
+    assert "Enhance" not in page.content()  # no menu link, no page name
+    context.close()
+
+
+def test_errors_are_messages_and_a_restart_loses_nothing(browser, study_only):
+    server, (code, second) = study_only["server"], study_only["codes"]
+    context = new_context(browser)
+    page = context.new_page()
+    page.goto(server.url + "/study")
+    field = page.locator("#invite-code input, #invite-code textarea")
+    field.fill("not-the-code")
+    page.click("#study-start")
+    expect(page.locator("#study-message")).to_contain_text("not valid")
+    no_error_popup(page)
+    field.fill(code)  # the form stays usable: Start works at once
+    page.click("#study-start")
+    expect(progress_label(page)).to_have_text("Practice 1 of 2: not scored")
+    no_error_popup(page)
+    page.click("#study-source-box")  # the source, on demand (it stays open)
+    answer(page, "key:1", "Practice 2 of 2: not scored")
+    answer(page, "key:1", "Trial 1 of 6")
+    seen = [screen_urls(page)]
+    answer(page, "key:1", "Trial 2 of 6")
+    seen.append(screen_urls(page))
+    assert stored_choices(study_only) == ["left"]
+
+    server.kill()  # the page stays open through the restart ...
+    page.keyboard.press("2")  # ... and the rater answers while the server is away
+    server.start()
+    # Gradio reloads the page once the server is back; the tab signs in again by itself with
+    # the remembered code, and the answer counts for the trial it was given on.
+    expect(progress_label(page)).to_have_text("Trial 3 of 6", timeout=120_000)
+    assert stored_choices(study_only) == ["left", "right"]
+    no_error_popup(page)
+    page.click("#study-source-box")  # a reloaded page starts with it closed
+    expect(page.locator("#study-source img")).to_be_visible()
+    seen.append(screen_urls(page))
+
+    later = context.new_page()  # a new tab later: the code is still remembered
+    later.goto(server.url + "/study")
+    expect(later.locator("#study-message")).to_contain_text("Welcome back")
+    later.click("#study-start")
+    expect(progress_label(later)).to_have_text("Trial 3 of 6")
+    later.click("#study-source-box")
+    expect(later.locator("#study-source img")).to_be_visible()
+    seen.append(screen_urls(later))
+
+    other = new_context(browser).new_page()  # a second rater, the same stimuli
+    other.goto(server.url + "/study")
+    other.fill("#invite-code input, #invite-code textarea", second)
+    other.click("#study-start")
+    other.click("#study-source-box")
+    for expected in ["Practice 2 of 2: not scored", "Trial 1 of 6"]:
+        answer(other, "key:3", expected)
+    for n in range(2, 7):
+        seen.append(screen_urls(other))
+        answer(other, "key:3", f"Trial {n} of 6")
+    context.close()
+    other.context.close()
+
+    # Every image of every screen, for either rater, before and after the restart, had a URL
+    # of its own: the unenhanced stimulus never shares the source's, a stimulus shown again
+    # (a reload, another rater) gets a new one, and no URL is derived from the bytes.
+    urls = [u for screen in seen for u in screen]
+    assert all(len(screen) == 3 for screen in seen) and len(urls) == len(set(urls))
+    digests = set()
+    for screen in seen:
+        for u in screen:
+            body = httpx.get(u if u.startswith("http") else server.url + u, timeout=30).content
+            digests.add(hashlib.sha256(body).hexdigest())
+            assert not any(d[:16] in u for d in digests)
+
+
+# ---------------------------------------------------------------- the viewer
+
+SIZES = {"1280x720": (1280, 720), "tablet-portrait": (768, 1024)}
+
+
+def transforms(page) -> list[str]:
+    return page.eval_on_selector_all(
+        "#image-a img, #image-b img", "images => images.map(i => i.style.transform || '')"
+    )
+
+
+@pytest.mark.parametrize("size", list(SIZES))
+def test_the_viewer_fits_the_screen_and_zooms_a_and_b_together(browser, server, size, tmp_path):
+    width, height = SIZES[size]
+    rater = study.invite_rater(common.db(), server["study"], f"Dr Viewer {size}").code
+    context = browser.new_context(viewport={"width": width, "height": height}, has_touch=True)
+    context.set_default_timeout(TIMEOUT)
+    page = context.new_page()
+    page.goto(server["url"] + "/study")
+    page.fill("#invite-code input, #invite-code textarea", rater)
+    page.click("#study-start")
+    expect(page.locator("#vote-a")).to_be_enabled()
+    expect(page.locator("#image-a img")).to_be_visible()
+    # Everything needed to judge is above the fold: both images and every answer.
+    for selector in ["#image-a img", "#image-b img", "#vote-a", "#vote-bad", "#study-help"]:
+        box = page.locator(selector).first.bounding_box()
+        assert box and box["y"] + box["height"] <= height, (selector, box)
+    a, b = (page.locator(f"#image-{s} img").bounding_box() for s in "ab")
+    assert abs(a["y"] - b["y"]) < 2 and a["x"] + a["width"] <= b["x"] + 1  # side by side
+    page.screenshot(path=tmp_path / f"study-{size}.png")
+    # No way to the Enhance page (the main page) from here: no "Home" or "Enhance" link.
+    hrefs = page.eval_on_selector_all("a", "links => links.map(a => a.getAttribute('href'))")
+    assert not [h for h in hrefs if h in ("/", "./", "..", server["url"] + "/")], hrefs
+    expect(page.get_by_role("link", name="Home")).to_have_count(0)
+    # Instructions one click away on every screen; the source on demand, at full size.
+    page.click("#study-help")
+    expect(page.locator("#study-help")).to_contain_text("A is better")
+    page.click("#study-source-box")
+    expect(page.locator("#study-source img")).to_be_visible()
+    # Wheel on A zooms B identically; a drag pans both; a double click resets both.
+    page.locator("#image-a img").hover()
+    page.mouse.wheel(0, -400)
+    zoomed = transforms(page)
+    assert zoomed[0] == zoomed[1] and "scale(1)" not in zoomed[0] and zoomed[0]
+    box = page.locator("#image-b img").evaluate(
+        "image => { const r = image.parentElement.getBoundingClientRect();"
+        " return {x: r.x + r.width / 2, y: r.y + r.height / 2}; }"
+    )
+    page.mouse.move(box["x"], box["y"])
+    page.mouse.down()
+    page.mouse.move(box["x"] + 30, box["y"] + 20, steps=4)
+    page.mouse.up()
+    panned = transforms(page)
+    assert panned[0] == panned[1] != zoomed[0]
+    page.mouse.dblclick(box["x"], box["y"])
+    assert transforms(page) == ["translate(0px, 0px) scale(1)"] * 2
+    no_error_popup(page)
+    if os.environ.get("DPE_SAVE_SCREENSHOTS"):  # for the README: docs/study-<size>.png
+        with Image.open(tmp_path / f"study-{size}.png") as shot:
+            small = shot.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT)
+            small.save(DOCS / f"study-{size}.png", optimize=True)
     context.close()

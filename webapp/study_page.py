@@ -190,6 +190,9 @@ VIEWER_JS = """
     document.addEventListener(kind, (event) => pointers.delete(event.pointerId));
   }
   document.addEventListener("dblclick", (event) => { if (inPair(event.target)) reset(); });
+  document.addEventListener("dragstart", (event) => {  // a drag pans; it never drags the file
+    if (inPair(event.target)) event.preventDefault();
+  });
   document.addEventListener("load", (event) => {
     if (event.target.tagName === "IMG" && inPair(event.target)) reset();
   }, true);
@@ -440,7 +443,7 @@ def _trial_box(w: dict) -> None:
             for side in ("a", "b"):
                 w[side] = gr.Image(
                     label=side.upper(),
-                    height="58vh",
+                    height="52vh",
                     interactive=False,
                     buttons=[],
                     elem_id=f"image-{side}",
@@ -474,7 +477,7 @@ def remember_codes_across_restarts(demo: gr.Blocks, secret: str) -> None:
 
 def _layout() -> dict:
     """The page's widgets, by name: every ``VIEW`` name and the few that only send."""
-    gr.Navbar(visible=False)  # a rater is never offered a link to the Enhance page
+    gr.Navbar(main_page_name=False)  # a rater is never offered a link to the Enhance page
     gr.Markdown("# Image quality study")
     # screen: which screen is on display (its token)
     w = {"session": gr.State(None), "screen": gr.Textbox(visible=False, elem_id="study-screen")}
@@ -513,13 +516,15 @@ def build(demo: gr.Blocks) -> None:
     profile = [w["specialty"], w["years"], w["profile_message"]]
 
     restored = [w["remembered"], w["pending"], w["joined"]]
-    demo.load(
+    loaded = demo.load(
         by_name(restore_code, (*VIEW, "code")),
         restored,
         [*view, w["code"]],
         js=READ_TAB_JS,
         **STUDY,
-    ).success(None, js=FORGET_PENDING_JS)
+    )
+    loaded.success(None, js=FORGET_PENDING_JS)
+    loaded.success(show_profile, w["session"], profile, **STUDY)  # when it signed in again
     for trigger in (w["start"].click, w["code"].submit):
         joined = trigger(
             by_name(join_study), [w["code"], w["pending"]], view, js=JOINED_JS, **STUDY
