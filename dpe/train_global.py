@@ -45,6 +45,7 @@ class GlobalConfig:
     data: str = "data"
     width: int = 64  # the local path's width (untrained here, but part of the model)
     hidden: int = 64  # the global MLP's width
+    features: int = 2  # dpe.nets.dpeg2.DPEG2Config.features
     crop: int = 192  # side of the native-resolution crops (smaller tiles are resized up)
     batch_size: int = 32
     clean_frac: float = 0.2
@@ -139,7 +140,14 @@ def train_global(config: GlobalConfig, *, command: str = "") -> dict:
     torch.set_num_threads(config.threads or len(os.sched_getaffinity(0)))
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    model = build_net({"arch": "dpeg2", "width": config.width, "hidden": config.hidden})
+    model = build_net(
+        {
+            "arch": "dpeg2",
+            "width": config.width,
+            "hidden": config.hidden,
+            "features": config.features,
+        }
+    )
     opt = torch.optim.Adam(model.glob.parameters(), lr=config.lr)
     ckpt = Path(config.checkpoint_dir) / f"{config.name}-global.pt"
     step, wall, best, best_step, history = 0, 0.0, -math.inf, 0, []

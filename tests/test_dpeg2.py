@@ -93,3 +93,15 @@ def _tiles(folder):
     from dpe.train import load_tiles
 
     return load_tiles(folder, by_source=False)
+
+
+def test_feature_versions_build_and_start_as_the_identity():
+    x = torch.rand(1, 3, 48, 48) * 0.3 + 0.1
+    for version, n in ((1, 27), (2, 31)):
+        net = build_net({"arch": "dpeg2", "width": 8, "features": version})
+        assert global_features(x, version).shape == (1, n)
+        with torch.no_grad():
+            assert torch.allclose(net(x), x, atol=1e-6)
+    # version 2 carries log(span): halving the contrast moves it by log(2)/3
+    a, b = global_features(x, 2)[0, -4], global_features((x - 0.25) * 0.5 + 0.25, 2)[0, -4]
+    assert float(a - b) == pytest.approx(np.log(2) / 3, abs=1e-3)

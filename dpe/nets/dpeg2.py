@@ -34,13 +34,16 @@ from dpe.nets.dpenet import DPENet, DPENetConfig
 SAMPLE = 128  # statistics read at most SAMPLE**2 pixels, subsampled without averaging
 LEVELS = 20  # luminance quantiles
 _LUMA = (0.2989, 0.587, 0.114)  # as dpe.degrade's contrast mean
-N_FEATURES = LEVELS + 2 + 2 + 3
+N_FEATURES = {1: LEVELS + 2 + 2 + 3, 2: LEVELS + 2 + 2 + 3 + 4}  # by DPEG2Config.features
 
 
 @dataclass
 class DPEG2Config:
     width: int = 64  # the local DPENet's base width (paper: 64)
     hidden: int = 64  # the global MLP's width
+    # 1: quantiles, mean, spread, black/white shares, colour cast; 2: also the logarithms of
+    # three quantile spans and of the mean, so that a stretch (gain = 1 / span) is linear in them
+    features: int = 1
 
 
 def _sample(x: torch.Tensor) -> torch.Tensor:
@@ -50,8 +53,8 @@ def _sample(x: torch.Tensor) -> torch.Tensor:
     return x[..., ::s, ::s].flatten(2)
 
 
-def global_features(x: torch.Tensor) -> torch.Tensor:
-    """(B, N_FEATURES) whole-image statistics of a [0, 1] batch (B, 3, H, W)."""
+def global_features(x: torch.Tensor, version: int = 1) -> torch.Tensor:
+    """(B, N_FEATURES[version]) whole-image statistics of a [0, 1] batch (B, 3, H, W)."""
     pixels = _sample(x)  # (B, 3, N)
     luma = (pixels * pixels.new_tensor(_LUMA).view(1, 3, 1)).sum(1)  # (B, N)
     levels = torch.linspace(0.005, 0.995, LEVELS, device=x.device, dtype=x.dtype)
@@ -60,16 +63,22 @@ def global_features(x: torch.Tensor) -> torch.Tensor:
     dark = (luma < 0.02).float().mean(1, keepdim=True)
     bright = (luma > 0.98).float().mean(1, keepdim=True)
     cast = pixels.mean(2) - mean  # (B, 3): colour, not exposure
-    return torch.cat([q * 2 - 1, mean * 2 - 1, std * 4, dark, bright, cast * 4], dim=1)
+    feats = [q * 2 - 1, mean * 2 - 1, std * 4, dark, bright, cast * 4]
+    if version >= 2:
+        spans = [q[:, -1 - i : LEVELS - i] - q[:, i : i + 1] for i in (0, 2, 5)]  # 0.5-99.5, ...
+        logs = [torch.log(s.clamp_min(1e-3)) / 3 for s in spans]
+        feats += [*logs, torch.log(mean.clamp_min(1e-3)) / 3]
+    return torch.cat(feats, dim=1)
 
 
 class GlobalPath(nn.Module):
     """Whole-image statistics -> (log gain, offset), (B, 2); zero output at initialisation."""
 
-    def __init__(self, hidden: int = 64):
+    def __init__(self, hidden: int = 64, features: int = 1):
         super().__init__()
+        self.features = features
         self.mlp = nn.Sequential(
-            nn.Linear(N_FEATURES, hidden),
+            nn.Linear(N_FEATURES[features], hidden),
             nn.GELU(),
             nn.Linear(hidden, hidden),
             nn.GELU(),
@@ -79,7 +88,7 @@ class GlobalPath(nn.Module):
         nn.init.zeros_(self.mlp[-1].bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mlp(global_features(x))
+        return self.mlp(global_features(x, self.features))
 
 
 class LocalResidual(DPENet):
@@ -117,7 +126,7 @@ class DPEG2(nn.Module):
     def __init__(self, config: DPEG2Config | None = None, **kwargs):
         super().__init__()
         self.config = config or DPEG2Config(**kwargs)
-        self.glob = GlobalPath(self.config.hidden)
+        self.glob = GlobalPath(self.config.hidden, self.config.features)
         self.local = LocalResidual(DPENetConfig(width=self.config.width))
 
     def config_dict(self) -> dict:
