@@ -10,6 +10,7 @@ audit of the SQLite file afterwards (`audit`): every vote a rater saw acknowledg
 from __future__ import annotations
 
 import contextlib
+import html
 import json
 import os
 import random
@@ -242,6 +243,10 @@ class PageError(Exception):
         self.message = message
 
 
+def _is_skip(value) -> bool:
+    return isinstance(value, dict) and value.get("__type__") == "update" and "value" not in value
+
+
 class Disconnected(Exception):
     """The connection broke before the event's result arrived: its outcome is unknown."""
 
@@ -303,10 +308,16 @@ class StudyProtocol:
         return cls(response.json())
 
     def screen(self, data: list) -> Screen:
-        """The screen an event's outputs put on the page."""
+        """The screen an event's outputs put on the page; a problem the page shows the rater
+        (a warning, ⚠, without a new pair) raises :class:`PageError`."""
         left, right, source = data[self.left], data[self.right], data[self.source]
         source = source.get("value") if isinstance(source, dict) else source
         message = data[self.message] if isinstance(data[self.message], str) else ""
+        pair = all(isinstance(f, dict) and f.get("url") for f in (left, right))
+        if message.startswith("**⚠") and not pair:
+            raise PageError(html.unescape(message.strip("*").removeprefix("⚠").strip()))
+        if not pair and any(_is_skip(f) for f in (left, right)):
+            raise PageError("the answer changed nothing on the page")
         if not left or not right:
             return Screen("done", data[self.token] or "", message)
         found = PROGRESS.search(data[self.progress] or "")
@@ -386,7 +397,7 @@ class StudyPage:
 
     def join(self, code: str) -> Screen:
         """Page load, then the invite code typed in and Start pressed."""
-        self.event("restore_code", [None])  # the page's load event; this browser has no code
+        self.event("restore_code", [None, "", ""])  # the load event; no code, a new tab
         screen = self.protocol.screen(self.event("join_study", [code, ""]))
         self.event("show_profile", [None])  # runs after a successful join, as .success() does
         return screen

@@ -51,8 +51,8 @@ THANKS = {
 }
 SESSION_ENDED = "Your session has ended; enter your invite code again to continue."
 RESTARTED = (
-    "The study server was restarted and this page lost its sign-in. Enter your invite code "
-    "and press **Start**: the answer you just gave is kept."
+    "The study server was restarted and this page lost its sign-in: enter your invite code "
+    "again and press Start. The answer you just gave is kept."
 )
 BOXES = ("join", "trial", "paused", "done")
 ANSWERS = ("vote_a", "vote_b", "vote_tie", "vote_bad", "pause")
