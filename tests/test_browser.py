@@ -29,10 +29,11 @@ import dpe
 import study
 from dpe.methods import list_methods, method_info
 from study import bridge
+from study.throttle import Throttle
 from tests.chromium import CHROMIUM, CHROMIUM_ARGS
 from tests.conftest import served_app
 from tests.load_harness import AppServer
-from webapp import common
+from webapp import access, common
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 DOCS = EXAMPLES.parent / "docs"  # DPE_SAVE_SCREENSHOTS=1: the viewer test's shots go here
@@ -642,3 +643,56 @@ def test_the_viewer_fits_the_screen_and_zooms_a_and_b_together(browser, server, 
             small = shot.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT)
             small.save(DOCS / f"study-{size}.png", optimize=True)
     context.close()
+
+
+# ---------------------------------------------------------------- two tabs, two browsers
+
+
+def sign_in(browser, server, code: str):
+    page = new_context(browser).new_page()
+    page.goto(server["url"] + "/study")
+    page.fill("#invite-code input, #invite-code textarea", code)
+    page.click("#study-start")
+    return page
+
+
+def test_a_second_tabs_conflicting_answer_is_reported_not_dropped(browser, server):
+    invite = study.invite_rater(common.db(), server["study"], "Dr Two-tabs")
+    first = sign_in(browser, server, invite.code)
+    for expected in ["Practice 2 of 2: not scored", "Trial 1 of 6"]:
+        answer(first, "key:1", expected)
+    second = first.context.new_page()  # the same rater in a second tab, on the same trial
+    second.goto(server["url"] + "/study")
+    expect(second.locator("#study-message")).to_contain_text("Welcome back")
+    second.click("#study-start")  # no vote yet, so practice first here too
+    for expected in ["Practice 2 of 2: not scored", "Trial 1 of 6"]:
+        answer(second, "key:3", expected)
+    answer(first, "key:1", "Trial 2 of 6")
+    answer(second, "key:2", "Trial 2 of 6")  # the second tab moves on, and says why
+    expect(second.locator("#study-message")).to_contain_text("already answered on another screen")
+    no_error_popup(second)
+    votes = study.load_votes(common.db(), server["study"])
+    mine = votes[votes["rater"] == invite.pseudonym]
+    assert list(mine["choice"]) == ["left"]  # the first answer stands
+    first.context.close()
+
+
+def test_wrong_codes_in_one_browser_never_slow_down_a_colleague(browser, server, monkeypatch):
+    # Both browsers come from 127.0.0.1, as colleagues behind one hospital NAT address do.
+    monkeypatch.setattr(access, "JOIN_ATTEMPTS", Throttle())
+    monkeypatch.setattr(access, "JOIN_CEILING", Throttle(free=100, message=access.NETWORK_WRONG))
+    invite = study.invite_rater(common.db(), server["study"], "Dr Colleague")
+    typist = new_context(browser).new_page()
+    typist.goto(server["url"] + "/study")
+    field = typist.locator("#invite-code input, #invite-code textarea")
+    for n in range(7):
+        field.fill(f"typo-{n}")
+        typist.click("#study-start")
+        expect(typist.locator("#study-message")).to_contain_text(
+            "not valid" if n < 5 else "Too many wrong codes from this browser"
+        )
+    no_error_popup(typist)
+    colleague = sign_in(browser, server, invite.code)  # at once, from the same address
+    expect(progress_label(colleague)).to_have_text("Practice 1 of 2: not scored")
+    typist.context.close()
+    colleague.context.close()
