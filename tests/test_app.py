@@ -16,6 +16,7 @@ import threading
 import time
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import gradio as gr
 import httpx
@@ -90,9 +91,16 @@ def votes_in(study_id: str) -> list[str]:
 
 
 def view(outputs: dict) -> dict:
-    """A study callback's view by name; a name it leaves out is left as it was (skipped)."""
+    """A study callback's view by name; a name it leaves out is left as it was (skipped).
+    Updates (``gr.update`` dicts) read as objects: ``v["trial"].visible``."""
     assert set(outputs) <= set(study_page.VIEW), set(outputs) - set(study_page.VIEW)
-    return {name: outputs.get(name, gr.skip()) for name in study_page.VIEW}
+    shown = {name: outputs.get(name, gr.skip()) for name in study_page.VIEW}
+    return {
+        name: SimpleNamespace(**{k: v for k, v in value.items() if k != "__type__"})
+        if isinstance(value, dict) and value.get("__type__") == "update" and len(value) > 1
+        else value
+        for name, value in shown.items()
+    }
 
 
 def answer(outputs: dict, choice: str) -> dict:
@@ -119,7 +127,7 @@ def same_bytes(a: str, b: str) -> bool:
 
 def screen_text(v: dict) -> str:
     """What a rater can read or fetch on a study screen: texts and image file names."""
-    source = v["source"].value and v["source"].value["path"]
+    source = v["source"].value
     names = [Path(x).name for x in (source, v["a"], v["b"]) if x]
     return " ".join([v["message"], v["header"], v["progress"], v["screen"], *names])
 
@@ -311,7 +319,7 @@ def test_each_screen_gets_its_own_file_names_never_shared_or_derived(open_study)
         mine, theirs = answer(mine, "left"), answer(theirs, "left")
     served = []
     for v in (mine, theirs):
-        paths = [v["source"].value["path"], v["a"], v["b"]]
+        paths = [v["source"].value, v["a"], v["b"]]
         assert len({Path(p).parent for p in paths}) == 1  # one fresh folder per screen
         served += paths
         for path in paths:  # a link or copy of a stored stimulus, under a name of its own

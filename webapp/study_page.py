@@ -244,18 +244,20 @@ def study_view(session: Session | None, view: str, message: str = "", *, enabled
         progress = study.tables.progress_html(screen.done, screen.total, practice=practice)
     else:
         header, images, progress = "", (None, None, None), ""
+    # gr.update dicts, not components: building ~15 components was most of an answer's
+    # server time (Gradio inspects each constructor's signature).
     return {
         "session": session,
         "screen": session.token if session else "",
-        **{box: gr.Column(visible=view == box) for box in BOXES},
+        **{box: gr.update(visible=view == box) for box in BOXES},
         "message": message,
         "header": header,
         "progress": progress,
-        "source": gr.Image(value=images[0], visible=images[0] is not None),
-        "source_box": gr.Accordion(visible=images[0] is not None),
+        "source": gr.update(value=images[0], visible=images[0] is not None),
+        "source_box": gr.update(visible=images[0] is not None),
         "a": images[1],
         "b": images[2],
-        **{name: gr.Button(interactive=enabled) for name in ANSWERS},
+        **{name: gr.update(interactive=enabled) for name in ANSWERS},
     }
 
 
@@ -358,7 +360,7 @@ def _voter(choice: str):
 
 def enable_answers():
     """Enable the answer buttons once a screen is on display."""
-    return tuple(gr.Button(interactive=True) for _ in ANSWERS)
+    return tuple(gr.update(interactive=True) for _ in ANSWERS)
 
 
 def pause(session: Session | None) -> dict:
