@@ -39,7 +39,7 @@ QUALITY_COLUMNS = {
     "zeta": "Consistency ζ",
     "loo_loglik": "LOO log-lik",
     "outlier": "Outlier",
-    "median_response_ms": "Median ms",
+    "median_response_ms": "Median reading ms",
 }
 # Typed even when empty: a bar plot first drawn from untyped columns never draws bars later.
 SHARE_DTYPES = {"method": str, "share": float}

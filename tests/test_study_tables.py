@@ -238,3 +238,18 @@ def test_result_tables_of_a_voted_study_agree_with_each_other(tmp_path):
     assert shown.quality["Rater"].tolist() == ["R01", "R02"]
     with pytest.raises(study.NotFoundError):
         tables.result_tables(db, "nope")
+
+
+def test_the_analysis_is_refitted_only_when_votes_arrive(tmp_path, monkeypatch):
+    db, study_id = make_study(tmp_path, n_images=1, methods=["a", "b", "c"], repeat_fraction=0.0)
+    rater = study.invite_rater(db, study_id, "Dr A").rater_id
+    fits = []
+    real = tables.analyse_study
+    monkeypatch.setattr(tables, "analyse_study", lambda *a, **k: fits.append(1) or real(*a, **k))
+    first = tables.result_tables(db, study_id, n_boot=10)
+    tables.result_tables(db, study_id, n_boot=10)  # looking again, refreshing: no refit
+    assert len(fits) == 1
+    trial = study.next_trial(db, rater)
+    study.record_vote(db, rater, trial.trial_id, "left")
+    second = tables.result_tables(db, study_id, n_boot=10)
+    assert len(fits) == 2 and first.status != second.status
