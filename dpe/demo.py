@@ -128,9 +128,13 @@ def available_methods() -> list[tuple[str, str]]:
 
 
 def default_methods(available: list[str]) -> list[str]:
-    """What is ticked at first: DPE when it can run, else the first method that changes pixels."""
-    if "dpe" in available:
-        return ["dpe"]
+    """What is ticked at first: the best-ranked method that can run (`dpe.methods.RECOMMENDED`),
+    else the first method that changes pixels."""
+    from dpe.methods import RECOMMENDED
+
+    for name in RECOMMENDED:
+        if name in available:
+            return [name]
     changing = [m for m in available if m != "identity"]
     return changing[:1] or available[:1]
 

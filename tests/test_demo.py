@@ -230,3 +230,11 @@ def test_a_gray_upload_is_enhanced_and_degraded_as_gray(tmp_path, monkeypatch):
     out = demo.enhance_upload(prepared, ["autocontrast", "clahe"], simulate_preset="clinical")
     assert told == [("degrade", True), True, True]  # LoadedImage.gray, not a guess
     assert (out.input == out.input[..., :1]).all()  # the degraded twin is gray too
+
+
+def test_the_default_method_is_the_best_ranked_one_available():
+    from dpe.methods import RECOMMENDED
+
+    assert demo.default_methods(["identity", "clahe", RECOMMENDED[0]]) == [RECOMMENDED[0]]
+    assert demo.default_methods(["identity", "clahe", "dpe"]) == ["dpe"]
+    assert demo.default_methods(["identity", "lime"]) == ["lime"]

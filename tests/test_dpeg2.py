@@ -105,3 +105,22 @@ def test_feature_versions_build_and_start_as_the_identity():
     # version 2 carries log(span): halving the contrast moves it by log(2)/3
     a, b = global_features(x, 2)[0, -4], global_features((x - 0.25) * 0.5 + 0.25, 2)[0, -4]
     assert float(a - b) == pytest.approx(np.log(2) / 3, abs=1e-3)
+
+
+def test_an_untrained_local_path_is_skipped_at_inference_only():
+    net = _net().eval()
+    calls = []
+    net.local.register_forward_hook(lambda *a: calls.append(1))
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        net(x)
+    assert calls == [] and net.local_is_zero()
+    net.train()
+    net(x)  # training must run it, or its zero output convolution would never learn
+    assert calls == [1]
+    with torch.no_grad():
+        net.local.conv_out.bias.fill_(0.01)
+    net.eval()
+    with torch.no_grad():
+        net(x)
+    assert calls == [1, 1] and not net.local_is_zero()

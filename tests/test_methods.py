@@ -165,3 +165,16 @@ def test_registry_refuses_output_of_the_wrong_shape():
 
     with pytest.raises(MethodOutputError, match="broken"):
         CheckedMethod(Broken()).enhance(np.zeros((4, 4, 3), np.float32))
+
+
+def test_recommended_order_is_the_committed_evaluations_ranking():
+    import json
+    from pathlib import Path
+
+    from dpe.evaluate import recommend
+    from dpe.methods import RECOMMENDED
+
+    report = json.loads((Path(__file__).parent.parent / "docs" / "evaluation.json").read_text())
+    ranking = [m for m, _ in recommend(report) if m != "identity"]
+    assert list(RECOMMENDED) == ranking
+    assert set(RECOMMENDED) <= set(list_methods())

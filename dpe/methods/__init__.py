@@ -27,6 +27,15 @@ class Method(Protocol):
     def enhance(self, image: np.ndarray, **options) -> np.ndarray: ...
 
 
+# Methods ranked by `dpe.evaluate.recommend` on the committed evaluation (docs/evaluation.json:
+# the test split, three seeds): each method's worst group of help (degraded-input PSNR) and harm
+# (clean-input PSNR, capped) together. The app ticks the first one available. `identity`, which
+# enhances nothing, is left out; tests/test_methods.py checks this order against the report.
+RECOMMENDED = (
+    "dpe-g2", "dpe", "dpe-s", "clahe", "retinexnet", "dpe-g", "dran", "autocontrast",
+)  # fmt: skip
+
+
 class UnknownMethodError(ValueError):
     """The method name is not registered."""
 

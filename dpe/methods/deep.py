@@ -159,6 +159,15 @@ def dpe_g(**kwargs) -> TorchMethod:
 
 
 @register_method(
+    "dpe-g2", label="DPE-G2 (learned exposure correction)", kind="deep", weights="dpe-g2"
+)
+def dpe_g2(**kwargs) -> TorchMethod:
+    """DPE-G v2 (dpe.nets.dpeg2): a learned global exposure correction, then a DPENet residual
+    that starts at zero (its local stage is not trained yet, so it is skipped)."""
+    return TorchMethod.from_weights("dpe-g2", **kwargs)
+
+
+@register_method(
     "retinexnet", label="RetinexNet (Wei et al. 2018)", kind="deep", weights="retinexnet"
 )
 def retinexnet(**kwargs) -> TorchMethod:

@@ -132,6 +132,11 @@ class DPEG2(nn.Module):
     def config_dict(self) -> dict:
         return {"arch": "dpeg2", **asdict(self.config)}
 
+    def local_is_zero(self) -> bool:
+        """Whether the local residual's output convolution is still exactly zero."""
+        conv = self.local.conv_out
+        return not (conv.weight.any() or conv.bias.any())
+
     def global_params(self, image: torch.Tensor) -> torch.Tensor:
         """(B, 3): the image's luminance mean, the log gain and the offset."""
         luma = (_sample(image) * image.new_tensor(_LUMA).view(1, 3, 1)).sum(1)
@@ -150,6 +155,6 @@ class DPEG2(nn.Module):
         if params is None:
             params = self.global_params(image)
         base = self.apply_global(image, params)
-        if not local:
-            return base
+        if not local or (not self.training and self.local_is_zero()):
+            return base  # at inference an untrained residual adds exactly nothing: skip it
         return (base + self.local(base)).clamp(0.0, 1.0)
