@@ -198,6 +198,9 @@ def progress_label(page):
 def answer(page, how: str, expected_next: str) -> None:
     """Answer the screen on display by mouse or key, then wait for the next screen."""
     expect(page.locator("#vote-a")).to_be_enabled()  # answers open once the screen is shown
+    # a rater answers what they have seen: wait until both images are drawn (a busy machine
+    # may enable the buttons first), or the reading time is rightly not measured
+    page.wait_for_function("window.pairShownAt !== null")
     how_kind, what = how.split(":")
     if how_kind == "click":
         page.click(what)
@@ -679,7 +682,8 @@ def test_a_second_tabs_conflicting_answer_is_reported_not_dropped(browser, serve
 
 def test_wrong_codes_in_one_browser_never_slow_down_a_colleague(browser, server, monkeypatch):
     # Both browsers come from 127.0.0.1, as colleagues behind one hospital NAT address do.
-    monkeypatch.setattr(access, "JOIN_ATTEMPTS", Throttle())
+    # a long first wait, so a slow machine cannot let it lapse between the typist's tries
+    monkeypatch.setattr(access, "JOIN_ATTEMPTS", Throttle(base_delay=30.0))
     monkeypatch.setattr(access, "JOIN_CEILING", Throttle(free=100, message=access.NETWORK_WRONG))
     invite = study.invite_rater(common.db(), server["study"], "Dr Colleague")
     typist = new_context(browser).new_page()

@@ -46,9 +46,11 @@ def test_forward_any_size(arch):
 def test_backward_reaches_every_parameter(arch):
     torch.manual_seed(0)
     net = build_net({"arch": arch, **SMALL.get(arch, {})}).train()
-    if arch == "dpeg":
+    if arch in ("dpeg", "dpeg2"):
         # its global path's last layer starts at zero (no gradient behind it until it moves)
         torch.nn.init.normal_(net.glob.mlp[-1].weight, std=0.01)
+    if arch == "dpeg2":  # so does the local residual's output convolution
+        torch.nn.init.normal_(net.local.conv_out.weight, std=0.01)
     x, y = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
     torch.nn.functional.l1_loss(net(x), y).backward()
     missing = [n for n, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum()]
