@@ -47,12 +47,11 @@ class MethodOutputError(RuntimeError):
 class CheckedMethod:
     """What the registry hands out: a method with its input and output checks in one place.
 
-        Every caller (``dpe.enhance``, the evaluation, the demo, studies) goes through this, so
-        each gets the same guarantees: float32 (H, W, 3) in [0, 1] of the input's size, and a
-        grayscale source comes back with identical channels. ``gray`` says whether the *source*
-        was grayscale (``LoadedImage.was_grayscale``); ``None`` decides from the image itself,
-        which is exact for sources loaded through ``dpe.io`` and degraded by ``dpe.degrade``
-    (pass ``LoadedImage.gray`` where it is known).
+    Every caller (``dpe.enhance``, the evaluation, the demo, studies) goes through this, so
+    each gets the same guarantees: float32 (H, W, 3) in [0, 1] of the input's size, and a
+    grayscale source comes back with identical channels. ``gray`` says whether the *source*
+    is grayscale (pass ``LoadedImage.gray``); ``None`` decides from the image itself, which is
+    exact for gray sources loaded through ``dpe.io`` and degraded by ``dpe.degrade``.
     """
 
     def __init__(self, inner: Method):
