@@ -62,6 +62,10 @@ class GlobalConfig:
     resume: bool = False
 
 
+ARCH_FIELDS = ("width", "hidden", "features")  # what a resumed run takes from its checkpoint
+OLD_DEFAULTS = {"features": 1}  # checkpoints written before the field existed
+
+
 def sample_crop(tile: np.ndarray, crop: int, rng: np.random.Generator) -> np.ndarray:
     """A float32 (crop, crop, 3) native-resolution crop (resized up from smaller tiles)."""
     h, w = tile.shape[:2]
@@ -140,19 +144,16 @@ def train_global(config: GlobalConfig, *, command: str = "") -> dict:
     torch.set_num_threads(config.threads or len(os.sched_getaffinity(0)))
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    model = build_net(
-        {
-            "arch": "dpeg2",
-            "width": config.width,
-            "hidden": config.hidden,
-            "features": config.features,
-        }
-    )
-    opt = torch.optim.Adam(model.glob.parameters(), lr=config.lr)
     ckpt = Path(config.checkpoint_dir) / f"{config.name}-global.pt"
-    step, wall, best, best_step, history = 0, 0.0, -math.inf, 0, []
+    state = None
     if config.resume and ckpt.is_file():
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        for key in ARCH_FIELDS:  # the checkpoint's network, whatever the command line says
+            setattr(config, key, state["config"].get(key, OLD_DEFAULTS.get(key, 64)))
+    model = build_net({"arch": "dpeg2", **{k: getattr(config, k) for k in ARCH_FIELDS}})
+    opt = torch.optim.Adam(model.glob.parameters(), lr=config.lr)
+    step, wall, best, best_step, history = 0, 0.0, -math.inf, 0, []
+    if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         for group in opt.param_groups:  # the lr asked for now, not the one saved

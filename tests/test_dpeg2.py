@@ -86,7 +86,9 @@ def test_global_stage_learns_exports_and_resumes(tmp_path, monkeypatch):
     )
     assert first["best"] > info["val_history"][0][1]  # it learned something over the identity
     config.steps, config.resume = 60, True
+    config.features = 1  # the command line differs: the checkpoint's network is kept
     assert train_global.train_global(config)["step"] == 60
+    assert config.features == 2
 
 
 def _tiles(folder):
