@@ -58,7 +58,7 @@ from pydicom.pixels import (
 )
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from dpe._image import as_rgb_float
+from dpe._image import as_rgb_float, is_gray
 
 __all__ = [
     "DEFAULT_MAX_MEGAPIXELS",
@@ -401,7 +401,7 @@ def _finish(
     # as gray=, it makes the degradation and every method return identical channels. The
     # pixels themselves are kept as the file has them.
     gray = samples.was_grayscale or _near_gray(values, bit_depth)
-    if gray and not samples.was_grayscale and not _is_exactly_gray(values):
+    if gray and not samples.was_grayscale and not is_gray(values):
         notes.append("RGB file with equal channels (within 2 levels): treated as grayscale.")
     height, width = values.shape[:2]
     channels = samples.source_channels
@@ -427,10 +427,6 @@ def _near_gray(values: np.ndarray, bit_depth: int) -> bool:
     """Whether every pixel's channels lie within ``NEAR_GRAY_LEVELS`` levels of each other."""
     tolerance = NEAR_GRAY_LEVELS / (2.0 ** min(max(int(bit_depth), 1), 24) - 1)
     return bool((np.ptp(values, axis=2) <= tolerance * 1.0001).all())
-
-
-def _is_exactly_gray(values: np.ndarray) -> bool:
-    return bool((values[..., :1] == values).all())
 
 
 def _orient(values: np.ndarray, orientation: int) -> np.ndarray:

@@ -340,19 +340,12 @@ def sample_batch(
 ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     """(low, clean) float tensors (B, 3, crop, crop) and, for dpeg2, each patch's whole degraded
     tile (1, 3, H, W); groups, then sources, drawn equally often."""
-    groups = sorted(tiles)
     lows, cleans, wholes = [], [], []
     for _ in range(config.batch_size):
-        # Equal odds per group: one modality with many small tiles must not crowd out the others;
-        # the same within a group when tiles are keyed by source (2,926 PH2 patches against the
-        # 12 tiles of one skin photo). One source: no draw, so group-balanced runs replay exactly.
-        sources = tiles[groups[rng.integers(len(groups))]]
-        names = sorted(sources)
-        group = sources[names[rng.integers(len(names))]] if len(names) > 1 else sources[names[0]]
-        tile = group[rng.integers(len(group))]
-        preset = _draw_preset(config, rng)
+        tile = draw_tile(tiles, rng)
+        preset = draw_preset(config.clean_frac, config.mild_frac, config.preset, rng)
         if config.arch == "dpeg2":
-            low, clean, whole = _crop_of_degraded_tile(tile, config.crop, preset, rng)
+            low, clean, whole = crop_of_degraded_tile(tile, config.crop, preset, rng)
             wholes.append(torch.from_numpy(whole).permute(2, 0, 1)[None])
         else:
             clean = sample_patch(tile, config.crop, rng.random() < config.whole_frac, rng)
@@ -362,17 +355,33 @@ def sample_batch(
     return _to_batch(lows), _to_batch(cleans), wholes
 
 
-def _draw_preset(config: TrainConfig, rng: np.random.Generator) -> str | None:
-    """The preset for one patch: None (clean), "mild", or ``config.preset``."""
-    if not config.clean_frac and not config.mild_frac:
-        return config.preset  # no draw: runs without clean or mild pairs replay exactly
+def draw_tile(tiles: Tiles, rng: np.random.Generator) -> np.ndarray:
+    """One tile: each group equally often, then each source within it, then a tile.
+
+    Equal odds per group: one modality with many small tiles must not crowd out the others;
+    the same within a group when tiles are keyed by source (2,926 PH2 patches against the 12
+    tiles of one skin photo). One source: no draw, so group-balanced runs replay exactly.
+    """
+    groups = sorted(tiles)
+    sources = tiles[groups[rng.integers(len(groups))]]
+    names = sorted(sources)
+    pool = sources[names[rng.integers(len(names))]] if len(names) > 1 else sources[names[0]]
+    return pool[rng.integers(len(pool))]
+
+
+def draw_preset(
+    clean_frac: float, mild_frac: float, preset: str, rng: np.random.Generator
+) -> str | None:
+    """The preset for one patch: None (left clean), "mild", or ``preset``."""
+    if not clean_frac and not mild_frac:
+        return preset  # no draw: runs without clean or mild pairs replay exactly
     u = rng.random()
-    if u < config.clean_frac:
+    if u < clean_frac:
         return None
-    return "mild" if u < config.clean_frac + config.mild_frac else config.preset
+    return "mild" if u < clean_frac + mild_frac else preset
 
 
-def _crop_of_degraded_tile(tile: np.ndarray, crop: int, preset: str | None, rng):
+def crop_of_degraded_tile(tile: np.ndarray, crop: int, preset: str | None, rng):
     """DPE-G v2: degrade the whole tile (as a real acquisition is), then crop low and clean.
 
     The whole degraded tile is returned too: the model reads its global correction from the

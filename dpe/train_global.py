@@ -3,11 +3,11 @@
     python -m dpe.train_global --name dpe-g --minutes 40 --out-dir out/cand-g --resume
 
 Only the global path trains here (the local residual stays at its zero start, so the exported
-model is the identity plus a learned global correction). Each step draws a batch of clean
-crops at native resolution — each group (modality) equally often, then each source within it —
-and gives each one of three inputs: the clean crop itself (it must come back unchanged), a
-``mild`` degradation, or the ``paper`` one, in proportions ``--clean-frac``, ``--mild-frac`` and
-the rest. The loss is the L1 distance of the corrected crop to the clean crop.
+model is the identity plus a learned global correction). Each step draws a batch of tiles as
+``dpe.train`` does (each group equally often, then each source within it), leaves a tile clean
+(it must come back unchanged), or degrades it with ``mild`` or ``paper``, in proportions
+``--clean-frac``, ``--mild-frac`` and the rest, then cuts one native-resolution crop from it.
+The loss is the L1 distance of the corrected crop to the clean crop.
 
 Validation scores every validation image of every group twice, degraded (``paper``, seed 0,
 keyed by file name, as ``dpe.evaluate`` does) and clean, and the score of a step is the
@@ -31,12 +31,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from dpe.degrade import degrade
 from dpe.evaluate import degraded_twin, find_images
 from dpe.nets import build_net
-from dpe.train import _atomic_save, _data_summary, _hardware, export_weights, load_tiles
+from dpe.train import (
+    _atomic_save,
+    _data_summary,
+    _hardware,
+    crop_of_degraded_tile,
+    draw_preset,
+    draw_tile,
+    export_weights,
+    load_tiles,
+)
 
 
 @dataclass
@@ -66,39 +73,14 @@ ARCH_FIELDS = ("width", "hidden", "features")  # what a resumed run takes from i
 OLD_DEFAULTS = {"features": 1}  # checkpoints written before the field existed
 
 
-def sample_crop(tile: np.ndarray, crop: int, rng: np.random.Generator) -> np.ndarray:
-    """A float32 (crop, crop, 3) native-resolution crop (resized up from smaller tiles)."""
-    h, w = tile.shape[:2]
-    image = tile.astype(np.float32) / 255
-    if min(h, w) < crop:
-        side = min(h, w)
-        y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
-        patch = torch.from_numpy(np.ascontiguousarray(image[y : y + side, x : x + side]))
-        patch = F.interpolate(patch.permute(2, 0, 1)[None], size=(crop, crop), mode="bilinear")
-        image = patch[0].permute(1, 2, 0).clamp(0, 1).numpy()
-    else:
-        y, x = rng.integers(0, h - crop + 1), rng.integers(0, w - crop + 1)
-        image = image[y : y + crop, x : x + crop]
-    image = np.rot90(image, k=int(rng.integers(4)))
-    return np.ascontiguousarray(image[:, ::-1] if rng.random() < 0.5 else image)
-
-
 def sample_batch(tiles, config: GlobalConfig, rng: np.random.Generator):
-    """(low, clean) tensors (B, 3, crop, crop): groups, then sources, drawn equally often."""
-    groups = sorted(tiles)
+    """(low, clean) tensors (B, 3, crop, crop): native-resolution crops of degraded tiles,
+    drawn as `dpe.train` draws them (groups, then sources, equally often)."""
     lows, cleans = [], []
     for _ in range(config.batch_size):
-        sources = tiles[groups[rng.integers(len(groups))]]
-        names = sorted(sources)
-        pool = sources[names[rng.integers(len(names))]]
-        clean = sample_crop(pool[rng.integers(len(pool))], config.crop, rng)
-        u = rng.random()
-        if u < config.clean_frac:
-            low = clean
-        else:
-            low = degrade(
-                clean, "mild" if u < config.clean_frac + config.mild_frac else "paper", rng
-            )
+        tile = draw_tile(tiles, rng)
+        preset = draw_preset(config.clean_frac, config.mild_frac, "paper", rng)
+        low, clean, _ = crop_of_degraded_tile(tile, config.crop, preset, rng)
         lows.append(low)
         cleans.append(clean)
     stack = lambda xs: torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).contiguous()  # noqa: E731

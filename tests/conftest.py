@@ -47,3 +47,22 @@ def served_app(**launch):
         yield f"http://127.0.0.1:{port}/"
     finally:
         app.demo.close()
+
+
+@pytest.fixture
+def tiny_data(tmp_path):
+    """Train and val folders of smooth random 40x48 tiles in two groups (for training tests)."""
+    import numpy as np
+    from PIL import Image
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 3), ("val", 1)):
+        for group in ("xray", "cells"):
+            folder = tmp_path / "data" / split / group
+            folder.mkdir(parents=True)
+            for i in range(n):
+                base = gaussian_filter(rng.random((40, 48, 3)), (3, 3, 0))
+                image = (255 * (base - base.min()) / np.ptp(base)).astype(np.uint8)
+                Image.fromarray(image).save(folder / f"{i}.png")
+    return tmp_path

@@ -188,20 +188,6 @@ def test_sample_patch_crops_or_downscales_whole_tiles():
     assert abs(sample_patch(ramp, 16, True, rng).mean() - ramp.mean() / 255) < 0.15
 
 
-@pytest.fixture
-def tiny_data(tmp_path):
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 3), ("val", 1)):
-        for group in ("xray", "cells"):
-            folder = tmp_path / "data" / split / group
-            folder.mkdir(parents=True)
-            for i in range(n):
-                base = gaussian_filter(rng.random((40, 48, 3)), (3, 3, 0))
-                image = (255 * (base - base.min()) / np.ptp(base)).astype(np.uint8)
-                Image.fromarray(image).save(folder / f"{i}.png")
-    return tmp_path
-
-
 def _args(root, *extra):
     return [
         "--data", str(root / "data"), "--checkpoint-dir", str(root / "ckpt"),

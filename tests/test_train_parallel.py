@@ -15,11 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
-from scipy.ndimage import gaussian_filter
 
 from dpe.weights import load_weights
 from tests.conftest import free_port
@@ -29,20 +26,6 @@ pytest.importorskip("accelerate")
 ROOT = Path(__file__).resolve().parent.parent
 TOLERANCE = 1e-4  # absolute, on the losses (printed to 4 decimals) and on nearly every weight
 LOSS_LINE = re.compile(r"^step (\d+): loss ([0-9.]+)", re.M)
-
-
-@pytest.fixture
-def tiny_data(tmp_path):
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 3), ("val", 1)):
-        for group in ("xray", "cells"):
-            folder = tmp_path / "data" / split / group
-            folder.mkdir(parents=True)
-            for i in range(n):
-                base = gaussian_filter(rng.random((40, 48, 3)), (3, 3, 0))
-                image = (255 * (base - base.min()) / np.ptp(base)).astype(np.uint8)
-                Image.fromarray(image).save(folder / f"{i}.png")
-    return tmp_path
 
 
 def _args(root: Path, steps: int, *extra: str) -> list[str]:
