@@ -10,8 +10,7 @@ import scipy.sparse.linalg as spla
 from skimage.metrics import peak_signal_noise_ratio
 
 import dpe
-from dpe.methods import create_method, get_method, method_info
-from dpe.methods import lime as lime_module
+from dpe.methods import create_method, get_method, illumination, method_info, multigrid
 from dpe.methods.dual import dual, fuse_exposures
 from dpe.methods.lime import illumination_weights, initial_illumination, lime, refine_illumination
 
@@ -58,7 +57,7 @@ def _speedup_system(t_hat, alpha=0.15, sigma=2.0, strategy=3, eps=1e-3):
 )
 def test_fast_solver_matches_spsolve(t_hat, monkeypatch):
     # Shrink the direct-solve threshold so that these small grids go through the multigrid.
-    monkeypatch.setattr(lime_module, "_COARSEST_SIZE", 100)
+    monkeypatch.setattr(multigrid, "_COARSEST_SIZE", 100)
     t_hat = np.clip(t_hat, 0, 1).astype(np.float32)
     expected = spla.spsolve(_speedup_system(t_hat), t_hat.astype(np.float64).ravel())
     got = refine_illumination(t_hat, solver="fast")
@@ -112,10 +111,10 @@ def test_exact_solver_decreases_objective_to_long_run_optimum():
     wh, wv = illumination_weights(t_hat, strategy=3, periodic=True)
 
     def objective(t):
-        return lime_module._objective(t, t_hat, wh, wv, 0.15)
+        return illumination._objective(t, t_hat, wh, wv, 0.15)
 
     history = []
-    t, n_iter = lime_module._solve_exact(
+    t, n_iter = illumination._solve_exact(
         t_hat, wh, wv, 0.15, callback=lambda k, t: history.append(objective(t))
     )
     reference, lower_bound = _chambolle_pock(t_hat, wh, wv, 0.15, iters=5000)

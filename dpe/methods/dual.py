@@ -15,12 +15,12 @@ import numpy as np
 
 from dpe._image import as_rgb_float
 from dpe.methods import FunctionMethod, register_method
-from dpe.methods.lime import (
-    _check_bool,
-    _check_positive,
-    _check_solver_options,
-    _lime,
+from dpe.methods.illumination import (
+    check_bool,
+    check_positive,
+    check_solver_options,
     denoise_recompose,
+    divide_by_illumination,
 )
 
 __all__ = ["dual", "fuse_exposures"]
@@ -52,11 +52,13 @@ def dual(
     True
     """
     image = as_rgb_float(image)
-    _check_solver_options(alpha, sigma, strategy, solver, eps)
-    _check_positive(gamma, "gamma")
-    denoise = _check_bool(denoise, "denoise")
-    under, t_under = _lime(image, alpha, sigma, gamma, strategy, solver, eps)
-    inverted, t_over = _lime(1.0 - image, alpha, sigma, gamma, strategy, solver, eps)
+    check_solver_options(alpha, sigma, strategy, solver, eps)
+    check_positive(gamma, "gamma")
+    denoise = check_bool(denoise, "denoise")
+    under, t_under = divide_by_illumination(image, alpha, sigma, gamma, strategy, solver, eps)
+    inverted, t_over = divide_by_illumination(
+        1.0 - image, alpha, sigma, gamma, strategy, solver, eps
+    )
     over = 1.0 - inverted
     fused = fuse_exposures([image, under, over])
     if denoise:
