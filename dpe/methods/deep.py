@@ -87,6 +87,9 @@ class TorchMethod:
         self.label = label
         self.net = net.eval().to(memory_format=torch.channels_last)
         self._lock = threading.Lock()  # torch intra-op threads are shared; run one at a time
+        # Once per loaded model, not per request: the count is process-wide, and OMP_NUM_THREADS
+        # is read here, so set it before loading (as dpe.scale's workers do).
+        torch.set_num_threads(_cores())
 
     @classmethod
     def from_weights(cls, name: str, weights: str | None = None) -> TorchMethod:
@@ -119,7 +122,6 @@ class TorchMethod:
             raise ValueError(f"{self.name} takes no options {sorted(options)}; only tile=.")
         h, w = image.shape[:2]
         with self._lock:
-            torch.set_num_threads(_cores())
             if tile is None and h * w <= TILE_ABOVE_MP * 1e6:
                 out = self._forward(image)
             else:
