@@ -126,10 +126,13 @@ def same_bytes(a: str, b: str) -> bool:
 
 
 def screen_text(v: dict) -> str:
-    """What a rater can read or fetch on a study screen: texts and image file names."""
+    """What a rater can read on a study screen. Image file names must be random tokens
+    (``secrets.token_urlsafe(16)``: they say nothing), so they are checked here and left out:
+    a random name may contain "dpe" or "lime" by chance."""
     source = v["source"].value
-    names = [Path(x).name for x in (source, v["a"], v["b"]) if x]
-    return " ".join([v["message"], v["header"], v["progress"], v["screen"], *names])
+    for x in (source, v["a"], v["b"]):
+        assert not x or re.fullmatch(r"[\w-]{22}\.png", Path(x).name), x
+    return " ".join([v["message"], v["header"], v["progress"], v["screen"]])
 
 
 # ---------------------------------------------------------------- Enhance page

@@ -17,7 +17,7 @@ import os
 
 import gradio as gr
 
-from webapp import enhance, results, study_page, uploads
+from webapp import enhance, results, study_page, study_viewer, uploads
 
 TITLE = "Perceptual enhancement of medical images"
 
@@ -30,8 +30,8 @@ THEME = gr.themes.Default(
 
 LAUNCH_OPTIONS = {
     "theme": THEME,
-    "css": study_page.CSS + results.CSS,
-    "head": study_page.KEYBOARD_JS + study_page.VIEWER_JS,
+    "css": study_viewer.CSS + results.CSS,
+    "head": study_viewer.KEYBOARD_JS + study_viewer.VIEWER_JS,
     "run_history": False,  # nothing a rater did is replayable from the browser
     "footer_links": ["api", "gradio"],
     "max_file_size": "200mb",
