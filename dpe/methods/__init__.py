@@ -1,7 +1,8 @@
 """Registry of enhancement methods: one name -> one constructor -> one object with ``enhance``.
 
 Every method takes and returns the project's image type (float32, (H, W, 3), [0, 1]).
-Modules register their constructors with :func:`register_method`; callers use
+Modules register their constructors with :func:`register_method` (plain functions with
+:func:`register_function`), stating each name and label once; callers use
 :func:`create_method` (a fresh object) or :func:`get_method` (one cached object per process,
 so model weights load once and are shared by every user of the app).
 """
@@ -136,6 +137,21 @@ def register_method(name: str, *, label: str, kind: str, weights: str | None = N
         return factory
 
     return decorator
+
+
+def register_function(
+    name: str, fn: Callable[..., np.ndarray], *, label: str, kind: str
+) -> Callable[..., FunctionMethod]:
+    """Register the plain function ``fn`` as method ``name`` and return its factory.
+
+    The factory's keyword arguments become defaults for ``fn``'s options (see FunctionMethod).
+    """
+
+    def factory(**defaults) -> FunctionMethod:
+        return FunctionMethod(name, label, fn, defaults)
+
+    factory.__doc__ = f"Build the ``{name}`` method; ``defaults`` are options of ``{fn.__name__}``."
+    return register_method(name, label=label, kind=kind)(factory)
 
 
 def _load_modules() -> None:

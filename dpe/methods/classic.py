@@ -11,7 +11,7 @@ import numpy as np
 from skimage.exposure import equalize_adapthist
 
 from dpe._image import luminance
-from dpe.methods import FunctionMethod, register_method
+from dpe.methods import register_function
 
 
 def autocontrast(image: np.ndarray, *, low: float = 1.0, high: float = 99.0) -> np.ndarray:
@@ -32,16 +32,10 @@ def _clahe(image: np.ndarray, *, clip_limit: float = 0.01) -> np.ndarray:
     return equalize_adapthist(image, clip_limit=clip_limit).astype(np.float32)
 
 
-@register_method("identity", label="Input (no enhancement)", kind="reference")
-def identity() -> FunctionMethod:
-    return FunctionMethod("identity", "Input (no enhancement)", _identity)
-
-
-@register_method("autocontrast", label="Auto-contrast", kind="reference")
-def autocontrast_method() -> FunctionMethod:
-    return FunctionMethod("autocontrast", "Auto-contrast", autocontrast)
-
-
-@register_method("clahe", label="CLAHE", kind="reference")
-def clahe() -> FunctionMethod:
-    return FunctionMethod("clahe", "CLAHE", _clahe)
+identity = register_function(
+    "identity", _identity, label="Input (no enhancement)", kind="reference"
+)
+autocontrast_method = register_function(
+    "autocontrast", autocontrast, label="Auto-contrast", kind="reference"
+)
+clahe = register_function("clahe", _clahe, label="CLAHE", kind="reference")

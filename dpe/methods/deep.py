@@ -140,44 +140,45 @@ class TorchMethod:
         return out  # dpe.methods.CheckedMethod keeps a grayscale source gray
 
 
-@register_method("dpe", label="DPE (paper reproduction)", kind="deep", weights="dpe")
-def dpe(**kwargs) -> TorchMethod:
-    """DPENet at the paper's width (64), trained with the paper's objective."""
-    return TorchMethod.from_weights("dpe", **kwargs)
+def _register(name: str, *, label: str, doc: str):
+    """Register the deep method ``name``, whose weights file has the same name."""
+
+    def factory(**kwargs) -> TorchMethod:
+        return TorchMethod.from_weights(name, **kwargs)
+
+    factory.__name__ = factory.__qualname__ = name.replace("-", "_")
+    factory.__doc__ = doc
+    return register_method(name, label=label, kind="deep", weights=name)(factory)
 
 
-@register_method("dpe-s", label="DPE small (paper network, width 32)", kind="deep", weights="dpe-s")
-def dpe_s(**kwargs) -> TorchMethod:
-    """DPENet at width 32: about 4x cheaper than the paper's width."""
-    return TorchMethod.from_weights("dpe-s", **kwargs)
-
-
-@register_method(
-    "dpe-g", label="DPE-G (global exposure + local detail)", kind="deep", weights="dpe-g"
+dpe = _register(
+    "dpe",
+    label="DPE (paper reproduction)",
+    doc="DPENet at the paper's width (64), trained with the paper's objective.",
 )
-def dpe_g(**kwargs) -> TorchMethod:
-    """DPENet plus a global path that sees the whole image (beyond the paper; dpe.nets)."""
-    return TorchMethod.from_weights("dpe-g", **kwargs)
-
-
-@register_method(
-    "dpe-g2", label="DPE-G2 (learned exposure correction)", kind="deep", weights="dpe-g2"
+dpe_s = _register(
+    "dpe-s",
+    label="DPE small (paper network, width 32)",
+    doc="DPENet at width 32: about 4x cheaper than the paper's width.",
 )
-def dpe_g2(**kwargs) -> TorchMethod:
-    """DPE-G v2 (dpe.nets.dpeg2): a learned global exposure correction, then a DPENet residual
-    that starts at zero (its local stage is not trained yet, so it is skipped)."""
-    return TorchMethod.from_weights("dpe-g2", **kwargs)
-
-
-@register_method(
-    "retinexnet", label="RetinexNet (Wei et al. 2018)", kind="deep", weights="retinexnet"
+dpe_g = _register(
+    "dpe-g",
+    label="DPE-G (global exposure + local detail)",
+    doc="DPENet plus a global path that sees the whole image (beyond the paper; dpe.nets).",
 )
-def retinexnet(**kwargs) -> TorchMethod:
-    """RetinexNet (Wei et al., BMVC 2018), without its optional BM3D step."""
-    return TorchMethod.from_weights("retinexnet", **kwargs)
-
-
-@register_method("dran", label="DRAN (Sharif et al. 2020)", kind="deep", weights="dran")
-def dran(**kwargs) -> TorchMethod:
-    """DRAN (Sharif et al., Mathematics 2020), the residual denoiser."""
-    return TorchMethod.from_weights("dran", **kwargs)
+dpe_g2 = _register(
+    "dpe-g2",
+    label="DPE-G2 (learned exposure correction)",
+    doc="DPE-G v2 (dpe.nets.dpeg2): a learned global exposure correction, then a DPENet residual "
+    "that starts at zero (its local stage is not trained yet, so it is skipped).",
+)
+retinexnet = _register(
+    "retinexnet",
+    label="RetinexNet (Wei et al. 2018)",
+    doc="RetinexNet (Wei et al., BMVC 2018), without its optional BM3D step.",
+)
+dran = _register(
+    "dran",
+    label="DRAN (Sharif et al. 2020)",
+    doc="DRAN (Sharif et al., Mathematics 2020), the residual denoiser.",
+)

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from dpe._image import as_rgb_float
-from dpe.methods import FunctionMethod, register_method
+from dpe.methods import register_function
 from dpe.methods.illumination import (
     check_bool,
     check_positive,
@@ -84,7 +84,4 @@ def fuse_exposures(images: list[np.ndarray]) -> np.ndarray:
     return np.clip(fused[..., ::-1], 0.0, 1.0).astype(np.float32)
 
 
-@register_method("dual", label="DUAL (Zhang et al. 2019)", kind="classic")
-def create_dual(**defaults) -> FunctionMethod:
-    """Build the ``dual`` method; ``defaults`` are options of :func:`dual`."""
-    return FunctionMethod("dual", "DUAL (Zhang et al. 2019)", dual, defaults)
+create_dual = register_function("dual", dual, label="DUAL (Zhang et al. 2019)", kind="classic")

@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from dpe._image import as_rgb_float
-from dpe.methods import FunctionMethod, register_method
+from dpe.methods import register_function
 from dpe.methods.illumination import (
     check_bool,
     check_positive,
@@ -84,7 +84,4 @@ def lime(
     return enhanced
 
 
-@register_method("lime", label="LIME (Guo et al. 2017)", kind="classic")
-def create_lime(**defaults) -> FunctionMethod:
-    """Build the ``lime`` method; ``defaults`` are options of :func:`lime`."""
-    return FunctionMethod("lime", "LIME (Guo et al. 2017)", lime, defaults)
+create_lime = register_function("lime", lime, label="LIME (Guo et al. 2017)", kind="classic")
