@@ -19,10 +19,8 @@ The local path is trained afterwards with ``python -m dpe.train --arch dpeg2 --i
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
-import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -34,39 +32,38 @@ import torch
 
 from dpe.evaluate import degraded_twin, find_images
 from dpe.nets import build_net
-from dpe.train import (
-    _atomic_save,
-    _data_summary,
-    _hardware,
+from dpe.training.cli import config_parser, flag
+from dpe.training.runtime import Stop, atomic_save, data_summary, export_weights, hardware
+from dpe.training.samples import (
     crop_of_degraded_tile,
     draw_preset,
     draw_tile,
-    export_weights,
     load_tiles,
+    to_batch,
 )
 
 
 @dataclass
 class GlobalConfig:
-    name: str = "dpe-g"
-    data: str = "data"
-    width: int = 64  # the local path's width (untrained here, but part of the model)
-    hidden: int = 64  # the global MLP's width
-    features: int = 2  # dpe.nets.dpeg2.DPEG2Config.features
-    crop: int = 192  # side of the native-resolution crops (smaller tiles are resized up)
-    batch_size: int = 32
-    clean_frac: float = 0.2
-    mild_frac: float = 0.2
-    lr: float = 2e-3
-    cosine: bool = False  # decay lr to 10% over this invocation's --minutes (cosine)
-    steps: int | None = None
-    minutes: float | None = None
-    eval_every: int = 100
-    seed: int = 0
-    threads: int = 1
-    checkpoint_dir: str = "checkpoints"
-    out_dir: str = "weights"
-    resume: bool = False
+    name: str = flag("dpe-g", "run name: checkpoints/NAME-global.pt and OUT_DIR/NAME.safetensors")
+    data: str = flag("data", "folder holding train/ and val/ subfolders of clean images")
+    width: int = flag(64, "the local path's width (untrained here, but part of the model)")
+    hidden: int = flag(64, "the global MLP's width")
+    features: int = flag(2, "feature set of the global path (dpe.nets.dpeg2.DPEG2Config)")
+    crop: int = flag(192, "side of the native-resolution crops (smaller tiles are resized up)")
+    batch_size: int = flag(32, "crops per step")
+    clean_frac: float = flag(0.2, "fraction of crops left clean (they must come back unchanged)")
+    mild_frac: float = flag(0.2, "fraction of crops degraded with 'mild' (the rest: 'paper')")
+    lr: float = flag(2e-3, "Adam lr")
+    cosine: bool = flag(False, "decay lr to 10% over this invocation's --minutes (cosine)")
+    steps: int | None = flag(None, "stop when the total step count reaches this")
+    minutes: float | None = flag(None, "stop after this many minutes of this invocation")
+    eval_every: int = flag(100, "validate, and export the weights if best, every N steps")
+    seed: int = flag(0, "seeds the data order and the init")
+    threads: int = flag(1, "torch threads (0: every core)")
+    checkpoint_dir: str = flag("checkpoints", "where NAME-global.pt is written")
+    out_dir: str = flag("weights", "where NAME.safetensors is written")
+    resume: bool = flag(False, "continue from the checkpoint if it exists (else start anew)")
 
 
 ARCH_FIELDS = ("width", "hidden", "features")  # what a resumed run takes from its checkpoint
@@ -83,8 +80,7 @@ def sample_batch(tiles, config: GlobalConfig, rng: np.random.Generator):
         low, clean, _ = crop_of_degraded_tile(tile, config.crop, preset, rng)
         lows.append(low)
         cleans.append(clean)
-    stack = lambda xs: torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).contiguous()  # noqa: E731
-    return stack(lows), stack(cleans)
+    return to_batch(lows), to_batch(cleans)
 
 
 def load_val(folder: Path) -> list[tuple[str, torch.Tensor, np.ndarray]]:
@@ -113,136 +109,136 @@ def validate(model, val) -> dict[str, float]:
     return {k: float(np.mean(v)) for k, v in sorted(scores.items())}
 
 
-class _Stop:
-    requested = False
+class GlobalRun:
+    """The global stage's state (model, optimiser, counters) and what it does with it."""
 
+    def __init__(self, config: GlobalConfig, command: str = ""):
+        torch.manual_seed(config.seed)
+        self.config, self.command = config, command
+        self.rng = np.random.default_rng(config.seed)
+        self.ckpt = Path(config.checkpoint_dir) / f"{config.name}-global.pt"
+        state = None
+        if config.resume and self.ckpt.is_file():
+            state = torch.load(self.ckpt, map_location="cpu", weights_only=False)
+            for key in ARCH_FIELDS:  # the checkpoint's network, whatever the command line says
+                setattr(config, key, state["config"].get(key, OLD_DEFAULTS.get(key, 64)))
+        arch = {k: getattr(config, k) for k in ARCH_FIELDS}
+        self.model = build_net({"arch": "dpeg2", **arch})
+        self.opt = torch.optim.Adam(self.model.glob.parameters(), lr=config.lr)
+        self.step, self.wall, self.best, self.best_step, self.history = 0, 0.0, -math.inf, 0, []
+        if state is not None:
+            self.model.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["opt"])
+            self.set_lr(config.lr)  # the lr asked for now, not the one saved
+            self.rng.bit_generator.state = state["rng"]
+            self.step, self.wall, self.best, self.best_step, self.history = (
+                state[k] for k in ("step", "wall", "best", "best_step", "history")
+            )
+        data = Path(config.data)
+        self.tiles = load_tiles(data / "train", by_source=True)
+        self.val = load_val(data / "val")
+        self.info = data_summary(data, self.tiles)
+        self.out_file = Path(config.out_dir) / f"{config.name}.safetensors"
+        self.start = time.monotonic()
 
-def _stop(signum, frame):
-    _Stop.requested = True
+    def set_lr(self, lr: float) -> None:
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+
+    def save(self) -> None:
+        state = {
+            "model": self.model.state_dict(),
+            "opt": self.opt.state_dict(),
+            "rng": self.rng.bit_generator.state,
+            "config": asdict(self.config),
+            **dict(step=self.step, wall=self.wall + time.monotonic() - self.start),
+            **dict(best=self.best, best_step=self.best_step, history=self.history),
+        }
+        atomic_save(lambda tmp: torch.save(state, tmp), self.ckpt)
+
+    def take_step(self) -> None:
+        config = self.config
+        low, clean = sample_batch(self.tiles, config, self.rng)
+        if config.cosine and config.minutes:
+            done = min(1.0, (time.monotonic() - self.start) / (config.minutes * 60))
+            self.set_lr(config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * done))))
+        with torch.enable_grad():
+            loss = (self.model(low, local=False) - clean).abs().mean()
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+        self.step += 1
+
+    def evaluate(self) -> None:
+        """Score every group; export the model when its worst group is the best so far."""
+        scores = validate(self.model, self.val)
+        worst, mean = min(scores.values()), float(np.mean(list(scores.values())))
+        self.history.append(
+            [self.step, round(worst, 3), {k: round(v, 2) for k, v in scores.items()}]
+        )
+        if worst > self.best:
+            self.best, self.best_step = worst, self.step
+            export_weights(self.model, self.out_file, **self.metadata(worst, mean, scores))
+        print(
+            f"step {self.step}: worst {worst:.2f} dB ({min(scores, key=scores.get)}), mean "
+            f"{mean:.2f}; best {self.best:.2f} at {self.best_step}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def metadata(self, worst: float, mean: float, scores: dict[str, float]) -> dict:
+        config = self.config
+        return dict(
+            steps=self.step,
+            wall_time_s=round(self.wall + time.monotonic() - self.start, 1),
+            val_worst_psnr=round(worst, 3),
+            val_psnr=round(mean, 3),
+            val_groups={k: round(v, 3) for k, v in scores.items()},
+            val_history=[h[:2] for h in self.history],
+            data=self.info,
+            objective="global stage: L1 of the globally corrected crop; local path at zero",
+            training=f"{config.clean_frac:g} clean, {config.mild_frac:g} mild, rest paper",
+            crop=config.crop,
+            batch_size=config.batch_size,
+            lr=config.lr,
+            hardware=hardware(),
+            command=self.command,
+            trained_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        )
 
 
 def train_global(config: GlobalConfig, *, command: str = "") -> dict:
     """Run (or resume) the global stage; returns the best step's summary."""
     torch.set_num_threads(config.threads or len(os.sched_getaffinity(0)))
-    torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
-    ckpt = Path(config.checkpoint_dir) / f"{config.name}-global.pt"
-    state = None
-    if config.resume and ckpt.is_file():
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        for key in ARCH_FIELDS:  # the checkpoint's network, whatever the command line says
-            setattr(config, key, state["config"].get(key, OLD_DEFAULTS.get(key, 64)))
-    model = build_net({"arch": "dpeg2", **{k: getattr(config, k) for k in ARCH_FIELDS}})
-    opt = torch.optim.Adam(model.glob.parameters(), lr=config.lr)
-    step, wall, best, best_step, history = 0, 0.0, -math.inf, 0, []
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        for group in opt.param_groups:  # the lr asked for now, not the one saved
-            group["lr"] = config.lr
-        rng.bit_generator.state = state["rng"]
-        step, wall, best, best_step, history = (
-            state[k] for k in ("step", "wall", "best", "best_step", "history")
-        )
-    data = Path(config.data)
-    tiles = load_tiles(data / "train", by_source=True)
-    val = load_val(data / "val")
-    info = _data_summary(data, tiles)
-    out_file = Path(config.out_dir) / f"{config.name}.safetensors"
-    start = time.monotonic()
-    deadline = start + config.minutes * 60 if config.minutes else math.inf
-    signal.signal(signal.SIGTERM, _stop)
-
-    def save() -> None:
-        state = {
-            "model": model.state_dict(),
-            "opt": opt.state_dict(),
-            "rng": rng.bit_generator.state,
-            "config": asdict(config),
-            **dict(step=step, wall=wall + time.monotonic() - start, best=best),
-            **dict(best_step=best_step, history=history),
-        }
-        ckpt.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_save(lambda tmp: torch.save(state, tmp), ckpt)
-
-    def evaluate_step() -> None:
-        nonlocal best, best_step
-        scores = validate(model, val)
-        worst = min(scores.values())
-        history.append([step, round(worst, 3), {k: round(v, 2) for k, v in scores.items()}])
-        if worst > best:
-            best, best_step = worst, step
-            export_weights(
-                model,
-                out_file,
-                steps=step,
-                wall_time_s=round(wall + time.monotonic() - start, 1),
-                val_worst_psnr=round(worst, 3),
-                val_psnr=round(float(np.mean(list(scores.values()))), 3),
-                val_groups={k: round(v, 3) for k, v in scores.items()},
-                val_history=[h[:2] for h in history],
-                data=info,
-                objective="global stage: L1 of the globally corrected crop; local path at zero",
-                training=f"{config.clean_frac:g} clean, {config.mild_frac:g} mild, rest paper",
-                crop=config.crop,
-                batch_size=config.batch_size,
-                lr=config.lr,
-                hardware=_hardware(),
-                command=command,
-                trained_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            )
-        worst_key = min(scores, key=scores.get)
-        print(
-            f"step {step}: worst {worst:.2f} dB ({worst_key}), mean "
-            f"{np.mean(list(scores.values())):.2f}; best {best:.2f} at {best_step}",
-            file=sys.stderr,
-            flush=True,
-        )
-
-    if not history:
-        evaluate_step()
-    last_save = time.monotonic()
-    while not _Stop.requested and time.monotonic() < deadline:
-        if config.steps is not None and step >= config.steps:
-            break
-        low, clean = sample_batch(tiles, config, rng)
-        if config.cosine and config.minutes:
-            done = min(1.0, (time.monotonic() - start) / (config.minutes * 60))
-            for group in opt.param_groups:
-                group["lr"] = config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * done)))
-        with torch.enable_grad():
-            loss = (model(low, local=False) - clean).abs().mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        step += 1
-        if step % config.eval_every == 0:
-            evaluate_step()
-        if time.monotonic() - last_save > 120:
-            save()
-            last_save = time.monotonic()
-    if history[-1][0] != step:
-        evaluate_step()
-    save()
-    return {"step": step, "best": best, "best_step": best_step}
+    run = GlobalRun(config, command)
+    deadline = run.start + config.minutes * 60 if config.minutes else math.inf
+    with Stop.catch():
+        if not run.history:
+            run.evaluate()
+        last_save = time.monotonic()
+        while not Stop.requested and time.monotonic() < deadline:
+            if config.steps is not None and run.step >= config.steps:
+                break
+            run.take_step()
+            if run.step % config.eval_every == 0:
+                run.evaluate()
+            if time.monotonic() - last_save > 120:
+                run.save()
+                last_save = time.monotonic()
+        if run.history[-1][0] != run.step:
+            run.evaluate()
+        run.save()
+    return {"step": run.step, "best": run.best, "best_step": run.best_step}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dpe.train_global", description=__doc__)
-    for field, default in asdict(GlobalConfig()).items():
-        flag = "--" + field.replace("_", "-")
-        if isinstance(default, bool):
-            parser.add_argument(flag, action="store_true")
-        else:
-            kind = type(default) if default is not None else float
-            kind = int if field == "steps" else kind
-            parser.add_argument(flag, type=kind, default=default)
-    args = parser.parse_args(argv)
-    config = GlobalConfig(**vars(args))
-    summary = train_global(config, command="python -m dpe.train_global " + " ".join(argv or []))
+    parser = config_parser(GlobalConfig, "python -m dpe.train_global", __doc__.split("\n\n")[0])
+    config = GlobalConfig(**vars(parser.parse_args(argv)))
+    argv = sys.argv[1:] if argv is None else argv
+    summary = train_global(config, command="python -m dpe.train_global " + " ".join(argv))
     print(summary)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())
