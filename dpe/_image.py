@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+LUMA = (0.299, 0.587, 0.114)
+"""ITU-R BT.601 luma weights of R, G and B (PIL's 'L' mode), the one set every module uses."""
+
 
 def as_rgb_float(image: np.ndarray, *, name: str = "image") -> np.ndarray:
     """Check ``image`` and return it as C-contiguous float32 (H, W, 3) in [0, 1].
@@ -43,9 +46,8 @@ def as_rgb_float(image: np.ndarray, *, name: str = "image") -> np.ndarray:
 
 def luminance(image: np.ndarray) -> np.ndarray:
     """Rec. 601 luma of a float RGB image, (H, W) float32 (the weights PIL's 'L' mode uses)."""
-    return (image[..., 0] * 0.299 + image[..., 1] * 0.587 + image[..., 2] * 0.114).astype(
-        np.float32
-    )
+    r, g, b = LUMA
+    return (image[..., 0] * r + image[..., 1] * g + image[..., 2] * b).astype(np.float32)
 
 
 def is_gray(image: np.ndarray) -> bool:

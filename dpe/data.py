@@ -52,6 +52,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dpe._image import LUMA
+
 SPLITS = ("train", "val", "test")
 MODALITIES = ("radiology", "dermatology", "microscopy", "ophthalmology")
 AUXILIARY = ("natural",)  # training-only groups: not a modality, never in val or test
@@ -339,7 +341,7 @@ def is_informative(
         )
     lum = image.astype(np.float32, copy=False)
     if lum.ndim == 3:
-        lum = lum @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        lum = lum @ np.array(LUMA, dtype=np.float32)
     fraction = float(np.mean((lum > low) & (lum < high)))
     return fraction >= min_fraction and float(lum.std()) >= min_std
 

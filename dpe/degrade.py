@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from dpe._image import as_rgb_float, is_gray
+from dpe._image import LUMA, as_rgb_float, is_gray
 
 PRESETS = ("paper", "clinical", "mild")
 
@@ -24,8 +24,9 @@ CLINICAL_BLUR_SIGMA = (0.0, 1.0)  # pixels
 CLINICAL_GAUSS_SIGMA = (0.0, 0.03)  # on [0, 1]
 CLINICAL_PHOTONS = (30.0, 1000.0)  # photons at full scale, log-uniform: lower is noisier
 
-# torchvision's rgb_to_grayscale weights, which ColorJitter's contrast uses for the mean
-_GRAY = np.array([0.2989, 0.587, 0.114], dtype=np.float32)
+# The luma that ColorJitter's contrast takes the mean of (torchvision rounds R's weight to
+# 0.2989; the 1e-4 difference is far below the drawn noise).
+_GRAY = np.array(LUMA, dtype=np.float32)
 
 
 def degrade(

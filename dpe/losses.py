@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dpe._image import LUMA
+
 # The official code takes these features from torchvision's VGG19 fed [-1, 1] images; the
 # original Caffe/Keras weights used here take 0-255 input and give features about 255 times
 # larger, which would make L_RFL ten times the L1 term instead of a small fraction of it.
@@ -136,8 +138,6 @@ class GeneratorLoss(nn.Module):
 # two stages need its decomposition of both images, not only its output, so its loss runs the
 # model itself: ``RetinexLoss(stage)(model, low, clean) -> (total, terms)``.
 
-GRAY = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma weights, for gray(R)
-
 
 def illumination_smoothness(illumination: torch.Tensor, reflectance: torch.Tensor) -> torch.Tensor:
     """RetinexNet's structure-aware smoothness: mean(|∇L| · exp(−10 · |∇ gray(R)|)).
@@ -145,7 +145,7 @@ def illumination_smoothness(illumination: torch.Tensor, reflectance: torch.Tenso
     Summed over the horizontal and vertical forward differences, each term a mean over pixels.
     ``illumination`` is (B, 1, H, W), ``reflectance`` (B, 3, H, W).
     """
-    weights = torch.tensor(GRAY, dtype=reflectance.dtype).view(1, 3, 1, 1)
+    weights = torch.tensor(LUMA, dtype=reflectance.dtype).view(1, 3, 1, 1)
     gray = (reflectance * weights).sum(dim=1, keepdim=True)  # (B, 1, H, W)
     total = illumination.new_zeros(())
     for dim in (-1, -2):

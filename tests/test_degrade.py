@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from dpe._image import LUMA
 from dpe.degrade import FACTOR_RANGE, PAPER_SIGMA_MAX, PRESETS, degrade
 
 
@@ -46,7 +47,7 @@ def test_paper_factor_statistics(clean):
 def test_paper_matches_colorjitter_formula():
     img = np.random.default_rng(1).random((20, 30, 3)).astype(np.float32)
     out, p = degrade(img, "paper", seed=3, return_params=True)
-    gray = np.array([0.2989, 0.587, 0.114], np.float32)
+    gray = np.array(LUMA, np.float32)  # torchvision's, but with BT.601's 0.299 for R
     x = img
     for step in p["order"]:
         if step == "brightness":

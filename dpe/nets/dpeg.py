@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dpe._image import LUMA
 from dpe.nets.dpenet import DPENet, DPENetConfig
 
 THUMB = 64  # side of the thumbnail the global CNN sees
@@ -35,7 +36,6 @@ SAMPLE = 128  # the statistics read at most SAMPLE**2 pixels, subsampled without
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 STRETCH = (0.01, 0.99)  # the fixed luminance stretch the learned gain and offset start from
 MIN_SPAN = 0.02  # a flat image is not stretched by more than 50x
-_LUMA = (0.2989, 0.587, 0.114)  # as dpe.degrade's contrast mean
 
 
 @dataclass
@@ -45,7 +45,7 @@ class DPEGConfig:
 
 
 def _luminance(x: torch.Tensor) -> torch.Tensor:
-    w = x.new_tensor(_LUMA).view(1, 3, 1, 1)
+    w = x.new_tensor(LUMA).view(1, 3, 1, 1)
     return (x * w).sum(1, keepdim=True)  # (B, 1, H, W)
 
 

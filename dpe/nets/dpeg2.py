@@ -29,11 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dpe._image import LUMA
 from dpe.nets.dpenet import DPENet, DPENetConfig
 
 SAMPLE = 128  # statistics read at most SAMPLE**2 pixels, subsampled without averaging
 LEVELS = 20  # luminance quantiles
-_LUMA = (0.2989, 0.587, 0.114)  # as dpe.degrade's contrast mean
 N_FEATURES = {1: LEVELS + 2 + 2 + 3, 2: LEVELS + 2 + 2 + 3 + 4}  # by DPEG2Config.features
 
 
@@ -56,7 +56,7 @@ def _sample(x: torch.Tensor) -> torch.Tensor:
 def global_features(x: torch.Tensor, version: int = 1) -> torch.Tensor:
     """(B, N_FEATURES[version]) whole-image statistics of a [0, 1] batch (B, 3, H, W)."""
     pixels = _sample(x)  # (B, 3, N)
-    luma = (pixels * pixels.new_tensor(_LUMA).view(1, 3, 1)).sum(1)  # (B, N)
+    luma = (pixels * pixels.new_tensor(LUMA).view(1, 3, 1)).sum(1)  # (B, N)
     levels = torch.linspace(0.005, 0.995, LEVELS, device=x.device, dtype=x.dtype)
     q = torch.quantile(luma, levels, dim=1).T  # (B, LEVELS)
     mean, std = luma.mean(1, keepdim=True), luma.std(1, keepdim=True)
@@ -139,7 +139,7 @@ class DPEG2(nn.Module):
 
     def global_params(self, image: torch.Tensor) -> torch.Tensor:
         """(B, 3): the image's luminance mean, the log gain and the offset."""
-        luma = (_sample(image) * image.new_tensor(_LUMA).view(1, 3, 1)).sum(1)
+        luma = (_sample(image) * image.new_tensor(LUMA).view(1, 3, 1)).sum(1)
         return torch.cat([luma.mean(1, keepdim=True), self.glob(image)], dim=1)
 
     @staticmethod
