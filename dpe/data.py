@@ -52,7 +52,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dpe._image import LUMA
+from dpe._image import LUMA, to_uint8
 
 SPLITS = ("train", "val", "test")
 MODALITIES = ("radiology", "dermatology", "microscopy", "ophthalmology")
@@ -353,7 +353,7 @@ def to_rgb8(image: np.ndarray) -> np.ndarray:
         image = image[..., None]
     if image.ndim != 3 or image.shape[2] not in (1, 3):
         raise ValueError(f"image must be (H, W) or (H, W, 3); got {image.shape}.")
-    out = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    out = to_uint8(image)
     return np.ascontiguousarray(np.repeat(out, 3, axis=2) if out.shape[2] == 1 else out)
 
 

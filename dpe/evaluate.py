@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from dpe.__main__ import engine_options
+from dpe._image import to_uint8
 from dpe.degrade import PRESETS, degrade
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".webp"}
@@ -328,7 +329,7 @@ def _thumbnail(image: np.ndarray, side: int = GALLERY_PANEL) -> np.ndarray:
     from PIL import Image
 
     if image.dtype != np.uint8:
-        image = (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
+        image = to_uint8(image)
     pil = Image.fromarray(image)
     if max(pil.size) > side:
         pil.thumbnail((side, side), Image.Resampling.LANCZOS)

@@ -302,6 +302,7 @@ def _is_gray(image: np.ndarray) -> bool:
 def _store_png(media: Path, image: np.ndarray) -> str:
     """Save as an 8-bit PNG (no metadata) under a fresh random name; return the name."""
     name = f"{secrets.token_urlsafe(16)}.png"
+    # dpe._image.to_uint8's rounding, written out: study/ imports nothing from dpe.
     pixels = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     partial = media / f"{name}.part"
     Image.fromarray(pixels, mode="RGB").save(partial, format="PNG")
