@@ -50,8 +50,8 @@ import numpy as np
 from dpe.__main__ import engine_options
 from dpe._image import to_uint8
 from dpe.degrade import PRESETS, degrade
+from dpe.files import image_files
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".webp"}
 ALL = "all"  # the group that covers every image
 METRICS = ("psnr", "ssim", "delta_e")
 CONFIDENCE = 0.95
@@ -78,12 +78,7 @@ def find_images(dirs: list[str | Path], *, max_per_group: int | None = None) -> 
         root = Path(d)
         if not root.is_dir():
             raise ValueError(f"--images {d!r} is not a folder; give folders of clean images.")
-        files = sorted(
-            p
-            for p in root.rglob("*")
-            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith(".")
-        )
-        for p in files:
+        for p in image_files(root):
             rel = p.relative_to(root)
             group = rel.parent.as_posix() if rel.parent != Path(".") else root.resolve().name
             items.append(ImageItem(p, rel.as_posix(), group))

@@ -74,6 +74,7 @@ def test_images_directly_in_a_folder_form_its_group(tmp_path):
     _save(tmp_path / "scans" / "two.png", 1)
     _save(tmp_path / "more" / "sub" / "three.png", 2)
     (tmp_path / "scans" / "notes.csv").write_text("not an image")
+    (tmp_path / "scans" / "._one.png").write_bytes(b"\0\5\26\7")  # macOS metadata, not a PNG
     items = find_images([tmp_path / "scans", tmp_path / "more"])
     assert [(i.group, i.relpath) for i in items] == [
         ("scans", "one.png"),
