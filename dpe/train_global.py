@@ -50,6 +50,7 @@ class GlobalConfig:
     width: int = flag(64, "the local path's width (untrained here, but part of the model)")
     hidden: int = flag(64, "the global MLP's width")
     features: int = flag(2, "feature set of the global path (dpe.nets.dpeg2.DPEG2Config)")
+    head: str = flag("gain", "how the MLP's output becomes the correction: gain or stretch")
     crop: int = flag(192, "side of the native-resolution crops (smaller tiles are resized up)")
     batch_size: int = flag(32, "crops per step")
     clean_frac: float = flag(0.2, "fraction of crops left clean (they must come back unchanged)")
@@ -66,8 +67,9 @@ class GlobalConfig:
     resume: bool = flag(False, "continue from the checkpoint if it exists (else start anew)")
 
 
-ARCH_FIELDS = ("width", "hidden", "features")  # what a resumed run takes from its checkpoint
-OLD_DEFAULTS = {"features": 1}  # checkpoints written before the field existed
+# what a resumed run takes from its checkpoint
+ARCH_FIELDS = ("width", "hidden", "features", "head")
+OLD_DEFAULTS = {"features": 1, "head": "gain"}  # checkpoints written before the field existed
 
 
 def sample_batch(tiles, config: GlobalConfig, rng: np.random.Generator):

@@ -126,3 +126,19 @@ def test_an_untrained_local_path_is_skipped_at_inference_only():
     with torch.no_grad():
         net(x)
     assert calls == [1, 1] and not net.local_is_zero()
+
+
+def test_stretch_head_starts_as_the_identity_and_sends_quantiles_where_it_says():
+    x = torch.rand(1, 3, 64, 64) * 0.2 + 0.3  # a low-contrast image
+    net = build_net({"arch": "dpeg2", "width": 8, "features": 2, "head": "stretch"})
+    with torch.no_grad():
+        assert torch.allclose(net(x), x, atol=1e-6)
+        # ask for the 0.5% quantile to go 0.2 lower and the 99.5% one 0.3 higher
+        net.glob.mlp[-1].bias.copy_(torch.tensor([-0.2, 0.3]))
+        out = net(x)
+    luma = lambda t: (t * t.new_tensor((0.299, 0.587, 0.114)).view(1, 3, 1, 1)).sum(1)  # noqa: E731
+    q = torch.tensor([0.005, 0.995])
+    before, after = torch.quantile(luma(x).flatten(), q), torch.quantile(luma(out).flatten(), q)
+    assert torch.allclose(after, before + torch.tensor([-0.2, 0.3]), atol=0.01)
+    with pytest.raises(ValueError, match="head"):
+        build_net({"arch": "dpeg2", "head": "bogus"})

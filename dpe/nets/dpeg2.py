@@ -23,6 +23,7 @@ passed to every tile.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -34,6 +35,7 @@ from dpe.nets.dpenet import DPENet, DPENetConfig
 
 SAMPLE = 128  # statistics read at most SAMPLE**2 pixels, subsampled without averaging
 LEVELS = 20  # luminance quantiles
+HEADS = ("gain", "stretch")
 N_FEATURES = {1: LEVELS + 2 + 2 + 3, 2: LEVELS + 2 + 2 + 3 + 4}  # by DPEG2Config.features
 
 
@@ -44,6 +46,14 @@ class DPEG2Config:
     # 1: quantiles, mean, spread, black/white shares, colour cast; 2: also the logarithms of
     # three quantile spans and of the mean, so that a stretch (gain = 1 / span) is linear in them
     features: int = 1
+    # how the MLP's two outputs become the correction: "gain" (a log gain and an offset around
+    # the mean) or "stretch" (where the 0.5% and 99.5% luminance quantiles go: a 1/span gain
+    # that an MLP need not approximate); both are the identity at zero output
+    head: str = "gain"
+
+    def __post_init__(self):
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}; got {self.head!r}.")
 
 
 def _sample(x: torch.Tensor) -> torch.Tensor:
@@ -140,7 +150,18 @@ class DPEG2(nn.Module):
     def global_params(self, image: torch.Tensor) -> torch.Tensor:
         """(B, 3): the image's luminance mean, the log gain and the offset."""
         luma = (_sample(image) * image.new_tensor(LUMA).view(1, 3, 1)).sum(1)
-        return torch.cat([luma.mean(1, keepdim=True), self.glob(image)], dim=1)
+        mean, out = luma.mean(1, keepdim=True), self.glob(image)
+        if self.config.head == "gain":
+            return torch.cat([mean, out], dim=1)
+        # "stretch": the 0.5% and 99.5% quantiles (lo, hi) go to lo + out0 and hi + out1
+        lo, hi = torch.quantile(luma, luma.new_tensor([0.005, 0.995]), dim=1)  # (B,) each
+        lo, hi, mean = lo[:, None], hi[:, None], mean
+        span = (hi - lo).clamp_min(1e-3)
+        target_lo, target_hi = lo + out[:, :1], hi + out[:, 1:]
+        gain = ((target_hi - target_lo) / span).clamp(math.exp(-3.0), math.exp(5.0))
+        # gain * (x - mean) + mean + offset sends lo to target_lo
+        offset = target_lo - gain * (lo - mean) - mean
+        return torch.cat([mean, gain.log(), offset], dim=1)
 
     @staticmethod
     def apply_global(image: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
