@@ -78,7 +78,9 @@ def find_images(dirs: list[str | Path], *, max_per_group: int | None = None) -> 
         root = Path(d)
         if not root.is_dir():
             raise ValueError(f"--images {d!r} is not a folder; give folders of clean images.")
-        for p in image_files(root):
+        # Unlike the CLI (which tries every file and reports the ones it cannot read), an
+        # evaluation skips dot-files such as macOS's ._name.png beside copied images.
+        for p in (p for p in image_files(root) if not p.name.startswith(".")):
             rel = p.relative_to(root)
             group = rel.parent.as_posix() if rel.parent != Path(".") else root.resolve().name
             items.append(ImageItem(p, rel.as_posix(), group))

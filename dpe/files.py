@@ -12,16 +12,13 @@ IMAGE_SUFFIXES = frozenset(
 
 
 def image_files(folder: str | os.PathLike) -> list[Path]:
-    """The image files under ``folder``, recursively, sorted by path; dot-files are skipped.
-
-    A name that starts with "." is not an image even with an image ending: macOS writes
-    ``._name.png`` metadata files beside copied images.
+    """The image files under ``folder``, recursively, sorted by path.
 
     Examples
     --------
     >>> import tempfile
     >>> with tempfile.TemporaryDirectory() as tmp:
-    ...     for name in ("b.PNG", "._b.PNG", "notes.txt", "sub/a.dcm"):
+    ...     for name in ("b.PNG", "notes.txt", "sub/a.dcm"):
     ...         path = Path(tmp, name)
     ...         path.parent.mkdir(exist_ok=True)
     ...         _ = path.write_bytes(b"")
@@ -29,8 +26,4 @@ def image_files(folder: str | os.PathLike) -> list[Path]:
     ['b.PNG', 'sub/a.dcm']
     """
     root = Path(folder)
-    return sorted(
-        p
-        for p in root.rglob("*")
-        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
-    )
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
