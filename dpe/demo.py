@@ -22,7 +22,7 @@ from skimage.transform import resize
 from dpe._image import to_uint8
 from dpe.degrade import degrade
 from dpe.files import image_files
-from dpe.io import load_image, save_image
+from dpe.io import load_image, megapixels_from_env, save_image
 from dpe.methods import get_method, list_methods, method_info
 from dpe.metrics import compare
 from dpe.weights import WeightsNotFoundError, has_weights, hub_repo
@@ -33,13 +33,12 @@ Progress = Callable[[int, int, str], None]
 
 
 def max_megapixels() -> float:
-    """The demo's processing limit: ``DPE_MAX_MEGAPIXELS`` (default 2)."""
-    raw = os.environ.get("DPE_MAX_MEGAPIXELS", "")
-    try:
-        value = float(raw) if raw else DEFAULT_MAX_MEGAPIXELS
-    except ValueError:
-        value = DEFAULT_MAX_MEGAPIXELS
-    return value if value > 0 else DEFAULT_MAX_MEGAPIXELS
+    """The demo's processing limit: ``DPE_MAX_MEGAPIXELS`` (default 2).
+
+    A value that is not a positive number raises ValueError naming the variable; the web
+    pages read the limit when they are built, so a misconfigured app stops at start-up.
+    """
+    return megapixels_from_env("DPE_MAX_MEGAPIXELS", DEFAULT_MAX_MEGAPIXELS)
 
 
 def fit_megapixels(image: np.ndarray, limit: float) -> tuple[np.ndarray, str | None]:

@@ -67,6 +67,7 @@ __all__ = [
     "ImageError",
     "LoadedImage",
     "load_image",
+    "megapixels_from_env",
     "save_image",
 ]
 
@@ -277,25 +278,48 @@ def save_image(image: np.ndarray, path: str | os.PathLike | BinaryIO, *, bits: i
 # Input checks and dispatch
 
 
+def megapixels_from_env(name: str, default: float) -> float:
+    """A megapixel limit from the environment variable ``name``; ``default`` if unset or blank.
+
+    Raises ValueError naming the variable and its value unless it is a positive number.
+
+    Examples
+    --------
+    >>> import os
+    >>> os.environ["DPE_EXAMPLE_MEGAPIXELS"] = "lots"
+    >>> megapixels_from_env("DPE_EXAMPLE_MEGAPIXELS", 2.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: DPE_EXAMPLE_MEGAPIXELS='lots' is not a number; set it to a number of megapixels ...
+    >>> del os.environ["DPE_EXAMPLE_MEGAPIXELS"]
+    >>> megapixels_from_env("DPE_EXAMPLE_MEGAPIXELS", 2.0)
+    2.0
+    """
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not (math.isfinite(value) and value > 0):
+        what = "is not a number" if value is None else "is not a positive number"
+        raise ValueError(
+            f"{name}={text!r} {what}; set it to a number of megapixels such as {default:g}, "
+            "or unset it."
+        )
+    return value
+
+
 def _resolve_limit(max_megapixels: float | None) -> float:
     if max_megapixels is None:
-        text = os.environ.get(MAX_MEGAPIXELS_ENV, "").strip()
-        if not text:
-            return DEFAULT_MAX_MEGAPIXELS
-        try:
-            max_megapixels = float(text)
-        except ValueError:
-            raise ValueError(
-                f"{MAX_MEGAPIXELS_ENV}={text!r} is not a number; set it to a number of "
-                f"megapixels such as 40, or unset it."
-            ) from None
-        what = MAX_MEGAPIXELS_ENV
-    else:
-        what = "max_megapixels"
+        return megapixels_from_env(MAX_MEGAPIXELS_ENV, DEFAULT_MAX_MEGAPIXELS)
     if isinstance(max_megapixels, bool) or not isinstance(max_megapixels, numbers.Real):
-        raise TypeError(f"{what} must be a number; got {type(max_megapixels).__name__}.")
+        raise TypeError(f"max_megapixels must be a number; got {type(max_megapixels).__name__}.")
     if not (math.isfinite(max_megapixels) and max_megapixels > 0):
-        raise ValueError(f"{what} must be a positive number of megapixels; got {max_megapixels}.")
+        raise ValueError(
+            f"max_megapixels must be a positive number of megapixels; got {max_megapixels}."
+        )
     return float(max_megapixels)
 
 

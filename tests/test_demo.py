@@ -22,8 +22,13 @@ def test_fit_megapixels_downscales_with_a_note():
 def test_max_megapixels_env(monkeypatch):
     monkeypatch.setenv("DPE_MAX_MEGAPIXELS", "0.5")
     assert demo.max_megapixels() == 0.5
-    monkeypatch.setenv("DPE_MAX_MEGAPIXELS", "lots")
+    monkeypatch.delenv("DPE_MAX_MEGAPIXELS")
     assert demo.max_megapixels() == demo.DEFAULT_MAX_MEGAPIXELS
+    # A bad value is not replaced by the default behind the operator's back.
+    for bad in ("lots", "0", "-1", "nan"):
+        monkeypatch.setenv("DPE_MAX_MEGAPIXELS", bad)
+        with pytest.raises(ValueError, match=f"DPE_MAX_MEGAPIXELS='{bad}'"):
+            demo.max_megapixels()
 
 
 def test_run_methods_reports_metrics_and_errors(monkeypatch, tmp_path):
