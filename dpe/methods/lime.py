@@ -3,24 +3,11 @@
 Guo, Li & Ling, "LIME: Low-Light Image Enhancement via Illumination Map Estimation",
 IEEE Transactions on Image Processing 26(2), 2017.
 
-The initial illumination is the per-pixel maximum over R, G and B. It is refined by minimising
-
-    ||T_hat - T||^2 + alpha * sum_d ||W_d o D_d T||_1,    d in {horizontal, vertical},
-
-with either of the paper's two solvers:
-
-- ``"exact"``: ADMM. The T-subproblem is solved in closed form with 2-D FFTs (periodic
-  boundaries), the G-subproblem by soft-thresholding, and the penalty mu grows by rho each step.
-- ``"fast"`` (the paper's sped-up solver): the l1 term is replaced by a weighted l2 term, which
-  leaves one symmetric 5-point system (I + alpha * sum_d D_d^T diag(W~_d) D_d) t = t_hat with
-  W~_d = W_d / (|D_d T_hat| + eps) (Neumann boundaries). It is solved by conjugate gradients
-  preconditioned with a geometric multigrid built for this operator (dpe.methods.multigrid).
-
-The enhanced image is R = L / T^gamma, optionally denoised with BM3D on the luma of R and
-recomposed as R o T^gamma + R_denoised o (1 - T^gamma), as in the paper.
-
-The illumination functions, shared with DUAL, live in dpe.methods.illumination and are
-re-exported here.
+The illumination T (the per-pixel maximum over R, G and B, refined by the paper's exact ADMM
+or sped-up multigrid solver) is estimated in dpe.methods.illumination, shared with DUAL; its
+public functions are re-exported here. The enhanced image is R = L / T^gamma, optionally
+denoised with BM3D on the luma of R and recomposed as R o T^gamma + R_denoised o (1 - T^gamma),
+as in the paper.
 """
 
 from __future__ import annotations
