@@ -16,6 +16,7 @@ import hashlib
 import io
 import os
 import re
+import time
 import zipfile
 from pathlib import Path
 
@@ -595,6 +596,18 @@ def transforms(page) -> list[str]:
     )
 
 
+def fonts_drawing(page, selector: str) -> list[dict]:
+    """The fonts Chromium drew ``selector``'s text with (DevTools' "Rendered Fonts")."""
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("DOM.enable")
+    cdp.send("CSS.enable")
+    root = cdp.send("DOM.getDocument")["root"]["nodeId"]
+    node = cdp.send("DOM.querySelector", {"nodeId": root, "selector": selector})["nodeId"]
+    fonts = cdp.send("CSS.getPlatformFontsForNode", {"nodeId": node})["fonts"]
+    cdp.detach()
+    return fonts
+
+
 @pytest.mark.parametrize("size", list(SIZES))
 def test_the_viewer_fits_the_screen_and_zooms_a_and_b_together(browser, server, size, tmp_path):
     width, height = SIZES[size]
@@ -613,6 +626,11 @@ def test_the_viewer_fits_the_screen_and_zooms_a_and_b_together(browser, server, 
         assert box and box["y"] + box["height"] <= height, (selector, box)
     a, b = (page.locator(f"#image-{s} img").bounding_box() for s in "ab")
     assert abs(a["y"] - b["y"]) < 2 and a["x"] + a["width"] <= b["x"] + 1  # side by side
+    # Each answer is drawn in one font, the theme's own (a page font, not a system one): no
+    # letter from a fallback (Gradio's SemiBold files hold only a few glyphs, see THEME).
+    for selector in ["#vote-a", "#vote-b", "#vote-tie", "#vote-bad", "#study-pause"]:
+        fonts = fonts_drawing(page, selector)
+        assert len(fonts) == 1 and fonts[0]["isCustomFont"], (selector, fonts)
     page.screenshot(path=tmp_path / f"study-{size}.png")
     # No way to the Enhance page (the main page) from here: no "Home" or "Enhance" link.
     hrefs = page.eval_on_selector_all("a", "links => links.map(a => a.getAttribute('href'))")
@@ -689,10 +707,21 @@ def test_wrong_codes_in_one_browser_never_slow_down_a_colleague(browser, server,
     typist = new_context(browser).new_page()
     typist.goto(server["url"] + "/study")
     field = typist.locator("#invite-code input, #invite-code textarea")
+    refusals = []  # every wrong code the server has answered (the same text each time)
+    refused = common.refused
+    monkeypatch.setattr(common, "refused", lambda *args: (refusals.append(args), refused(*args)))
+    message = typist.locator("#study-message")
     for n in range(7):
         field.fill(f"typo-{n}")
         typist.click("#study-start")
-        expect(typist.locator("#study-message")).to_contain_text(
+        # Wait for this try's answer, not the last one's: a click while a try is still on its
+        # way is dropped (Gradio runs one event per button at a time), which would miscount.
+        deadline = time.monotonic() + TIMEOUT / 1000
+        while len(refusals) <= n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(refusals) == n + 1, refusals
+        expect(message).not_to_contain_text(re.compile(r"\d\.\ds"))  # no pending timer
+        expect(message).to_contain_text(
             "not valid" if n < 5 else "Too many wrong codes from this browser"
         )
     no_error_popup(typist)

@@ -21,11 +21,25 @@ from webapp import enhance, results, study_page, study_viewer, uploads
 
 TITLE = "Perceptual enhancement of medical images"
 
-# Gradio's own bundled fonts, so a page never asks a font CDN for anything.
+# Gradio's own bundled fonts, so a page never asks a font CDN for anything. Only their
+# Regular and Bold files: Gradio's SemiBold (600) files are subsets of a few dozen glyphs
+# (Source Sans Pro's has "A", "B" and Cyrillic), so semibold text such as the answer buttons
+# drew "A" and "B" in Source Sans and every other letter in a system fallback font. Without a
+# 600 face, the browser draws weight 600 with the 700 file.
+FONT_WEIGHTS = (400, 700)
 THEME = gr.themes.Default(
     primary_hue="teal",
-    font=[gr.themes.LocalFont("Source Sans Pro"), "ui-sans-serif", "system-ui", "sans-serif"],
-    font_mono=[gr.themes.LocalFont("IBM Plex Mono"), "ui-monospace", "monospace"],
+    font=[
+        gr.themes.LocalFont("Source Sans Pro", weights=FONT_WEIGHTS),
+        "ui-sans-serif",
+        "system-ui",
+        "sans-serif",
+    ],
+    font_mono=[
+        gr.themes.LocalFont("IBM Plex Mono", weights=FONT_WEIGHTS),
+        "ui-monospace",
+        "monospace",
+    ],
 )
 
 LAUNCH_OPTIONS = {
