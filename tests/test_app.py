@@ -30,9 +30,10 @@ import app
 import dpe
 import study
 from dpe import demo as dd
+from dpe._image import to_uint8
 from dpe.methods import list_methods, method_info
 from tests.conftest import served_app
-from webapp import common, results, study_page
+from webapp import common, practice, results, study_page
 from webapp import enhance as enhance_page
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -231,6 +232,27 @@ def test_method_list_hides_methods_without_weights(monkeypatch, tmp_path):
 
 
 # ---------------------------------------------------------------- Study page
+
+
+def test_practice_screens_are_made_from_degraded_examples_never_the_clean_ones(open_study):
+    """Practice looks like a trial: a degraded source and two enhancements of it."""
+    _, code = open_study
+    v = view(study_page.join_study(code))
+    examples = dd.examples_of(common.EXAMPLES, practice.PRACTICE_MODALITIES)
+    assert len(examples) == study_page.PRACTICE_TRIALS
+    for example in examples:
+        assert "Practice" in v["progress"]
+        loaded = dpe.load_image(example)
+        size = practice.PRACTICE_SIZE**2 / 1e6
+        clean = to_uint8(dd.fit_megapixels(loaded.image, size)[0]).astype(float)
+        shown = [v["source"].value, v["a"], v["b"]]
+        pixels = [np.asarray(Image.open(path).convert("RGB"), dtype=float) for path in shown]
+        for name, image in zip(["source", "A", "B"], pixels, strict=True):
+            assert image.shape == clean.shape, (name, image.shape, clean.shape)
+            assert np.abs(image - clean).mean() > 2.0, f"{name} shows the clean {example.name}"
+        assert np.abs(pixels[1] - pixels[2]).mean() > 1.0  # two different enhancements
+        v = answer(v, "left")
+    assert "Trial 1 of" in v["progress"]
 
 
 def test_join_practice_vote_pause_resume_finish(open_study):
