@@ -169,7 +169,7 @@ def engine_options(parser: argparse.ArgumentParser) -> None:
 
 def _cmd_degrade(args: argparse.Namespace) -> int:
     import dpe
-    from dpe.evaluate import image_seed
+    from dpe.datasets import image_seed
 
     files = _collect(args.inputs)
     out = _output_folder(args.out)

@@ -40,17 +40,15 @@ import json
 import math
 import sys
 import time
-import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from dpe.__main__ import engine_options
 from dpe._image import to_uint8
-from dpe.degrade import PRESETS, degrade
-from dpe.files import image_files
+from dpe.datasets import ImageItem, degraded_twin, find_images
+from dpe.degrade import PRESETS
 
 ALL = "all"  # the group that covers every image
 METRICS = ("psnr", "ssim", "delta_e")
@@ -62,52 +60,6 @@ GALLERY_PANEL = 256  # px, long side of a gallery panel
 GALLERY_MAX_BYTES = 1_500_000  # panels shrink until a gallery PNG fits
 LABEL_HEIGHT = 18  # px, the white strip with a panel's label
 GAP = 2  # px between panels
-
-
-@dataclass(frozen=True)
-class ImageItem:
-    path: Path
-    relpath: str  # POSIX path relative to the folder it was found under: the degradation key
-    group: str
-
-
-def find_images(dirs: list[str | Path], *, max_per_group: int | None = None) -> list[ImageItem]:
-    """Image files below each of ``dirs``, sorted, grouped by subfolder (see module doc)."""
-    items: list[ImageItem] = []
-    for d in dirs:
-        root = Path(d)
-        if not root.is_dir():
-            raise ValueError(f"--images {d!r} is not a folder; give folders of clean images.")
-        # Unlike the CLI (which tries every file and reports the ones it cannot read), an
-        # evaluation skips dot-files such as macOS's ._name.png beside copied images.
-        for p in (p for p in image_files(root) if not p.name.startswith(".")):
-            rel = p.relative_to(root)
-            group = rel.parent.as_posix() if rel.parent != Path(".") else root.resolve().name
-            items.append(ImageItem(p, rel.as_posix(), group))
-    if max_per_group is not None:
-        counts: dict[str, int] = {}
-        kept = []
-        for item in items:
-            counts[item.group] = counts.get(item.group, 0) + 1
-            if counts[item.group] <= max_per_group:
-                kept.append(item)
-        items = kept
-    return items
-
-
-def image_seed(seed: int, relpath: str) -> np.random.Generator:
-    """The generator that degrades ``relpath``: fixed by the seed and the path, nothing else."""
-    return np.random.default_rng([seed, zlib.crc32(relpath.encode("utf-8"))])
-
-
-def degraded_twin(
-    image: np.ndarray, relpath: str, *, preset: str, seed: int, gray: bool | None = None
-) -> np.ndarray:
-    """The low-quality version of ``image`` that every evaluation (and validation) uses.
-
-    ``gray`` says whether the source file was grayscale (``None``: decided from the pixels).
-    """
-    return degrade(image, preset, image_seed(seed, relpath), gray=gray)
 
 
 def evaluate(

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dpe.evaluate import degraded_twin, find_images
+from dpe.datasets import degraded_twin, find_images
 from dpe.nets import build_net
 from dpe.training.cli import config_parser, flag
 from dpe.training.runtime import Stop, atomic_save, data_summary, export_weights, hardware

@@ -308,7 +308,7 @@ def test_gallery_panels_shrink_to_fit(tmp_path, monkeypatch):
 
 
 def test_gray_sources_pass_gray_to_degradation_and_every_method(tmp_path, monkeypatch):
-    import dpe.evaluate
+    import dpe.datasets
     import dpe.methods
 
     root = tmp_path / "test"
@@ -317,7 +317,7 @@ def test_gray_sources_pass_gray_to_degradation_and_every_method(tmp_path, monkey
     Image.fromarray(gray, "L").save(root / "xray" / "g.png")
     _save(root / "skin" / "c.png", 1)
     seen = []
-    real_degrade, real_get = dpe.evaluate.degrade, dpe.methods.get_method
+    real_degrade, real_get = dpe.datasets.degrade, dpe.methods.get_method
 
     def spy_degrade(image, preset, rng, **kw):
         seen.append(("degrade", kw["gray"]))
@@ -331,7 +331,7 @@ def test_gray_sources_pass_gray_to_degradation_and_every_method(tmp_path, monkey
             seen.append((self.name, kw["gray"]))
             return self.inner.enhance(image, **kw)
 
-    monkeypatch.setattr(dpe.evaluate, "degrade", spy_degrade)
+    monkeypatch.setattr(dpe.datasets, "degrade", spy_degrade)  # degraded_twin lives there
     monkeypatch.setattr(dpe.methods, "get_method", lambda name: Spy(real_get(name)))
     _run(tmp_path, root, "--methods", "identity,clahe", "--preset", "clinical", "--seeds", "0,1",
          "--gallery", str(tmp_path / "g"))  # fmt: skip

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dpe.datasets import degraded_twin, find_images
 from dpe.degrade import degrade
-from dpe.evaluate import degraded_twin, find_images
 
 Tiles = dict[str, dict[str, list[np.ndarray]]]  # group -> source -> uint8 (H, W, 3) tiles
 
