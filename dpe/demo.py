@@ -388,8 +388,17 @@ def practice_pairs(
     *,
     seed: int = 0,
     size: int = 384,
+    preset: str = "paper",
+    methods: tuple[str, str] = ("autocontrast", "clahe"),
 ) -> list[PracticePair]:
-    """One practice pair per image in ``images``, written to ``out_dir`` under random names."""
+    """One practice screen per image in ``images``, written to ``out_dir`` under random names.
+
+    It looks like a trial: the source is the image (fitted to about ``size``² pixels) degraded
+    with ``preset``; left and right are its enhancements by the two ``methods``, in an order
+    drawn from ``seed``. The clean original is never written: on a trial screen every image is
+    made from the low-quality source, so practice must not teach raters to look for a pristine
+    picture.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -397,10 +406,11 @@ def practice_pairs(
     for n, path in enumerate(images):
         loaded = load_image(path)
         clean, _ = fit_megapixels(loaded.image, size * size / 1e6)
-        low = degrade(clean, "paper", seed=seed + n, gray=loaded.gray)
-        worse = degrade(clean, "clinical", seed=seed + n + 1000, gray=loaded.gray)
-        good, bad = _write_random(out, clean), _write_random(out, worse)
-        left, right = (good, bad) if rng.random() < 0.5 else (bad, good)
+        low = degrade(clean, preset, seed=seed + n, gray=loaded.gray)
+        sides = [get_method(method).enhance(low, gray=loaded.gray) for method in methods]
+        if rng.random() < 0.5:
+            sides.reverse()
+        left, right = (_write_random(out, image) for image in sides)
         pairs.append(PracticePair(_write_random(out, low), left, right))
     return pairs
 
