@@ -251,14 +251,15 @@ def ratings(
     """Per method: preference share, Bradley-Terry and JOD with rater-bootstrap intervals, rank.
 
     Intervals are NaN with fewer than ``MIN_RATERS_FOR_INTERVALS`` raters (see
-    :func:`interval_note`); the rank is then by the point estimates.
+    :func:`interval_note`) or with ``n_boot=0`` (point estimates only); the rank is then by the
+    point estimates.
     """
     _check_votes(votes, methods)
     table = preference_share(votes, methods)[["comparisons", "share"]].copy()
     table["bt"] = bradley_terry(votes, methods)
     table["jod"] = thurstone_jod(votes, methods)
     tail = 100 * (1 - confidence) / 2
-    if votes["rater"].nunique() >= MIN_RATERS_FOR_INTERVALS:
+    if n_boot > 0 and votes["rater"].nunique() >= MIN_RATERS_FOR_INTERVALS:
         samples = bootstrap_raters(votes, methods, n_boot=n_boot, seed=seed)
         for scale in ("bt", "jod"):
             table[f"{scale}_lower"] = np.percentile(samples[scale], tail, axis=0)

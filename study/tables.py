@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from html import escape
 from typing import NamedTuple
 
@@ -58,24 +60,60 @@ class ResultTables(NamedTuple):
 
 
 # The analysis (a rater bootstrap) changes only when votes arrive: kept per study and vote
-# count, so looking again, refreshing or a second researcher costs no refit.
+# count, so looking again, refreshing or a second researcher costs no refit. The bootstrap runs
+# on one background thread, off the request path: a page that asks while it runs gets the point
+# estimates at once and a note that the intervals follow.
 _REPORTS: dict[tuple, dict] = {}
+_PENDING: dict[tuple, Future] = {}
 _REPORTS_LOCK = threading.Lock()
+_ANALYSIS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="study-analysis")
 REPORTS_KEPT = 16
+WAIT_FOR_INTERVALS_S = 1.0  # a small study's bootstrap finishes within this: no second fit
 
 
-def cached_report(db: StudyDB, study_id: str, votes: int, *, n_boot: int = N_BOOTSTRAP) -> dict:
-    """`analyse_study` of ``study_id``, refitted only when its vote count changed."""
-    key = (str(db.path), study_id, votes, n_boot)
-    with _REPORTS_LOCK:
-        report = _REPORTS.get(key)
-    if report is None:
+def _fit(db: StudyDB, study_id: str, key: tuple, n_boot: int) -> dict:
+    try:
         report = analyse_study(db, study_id, n_boot=n_boot)
         with _REPORTS_LOCK:
             _REPORTS[key] = report
             while len(_REPORTS) > REPORTS_KEPT:
                 _REPORTS.pop(next(iter(_REPORTS)))
-    return report
+        return report
+    finally:
+        with _REPORTS_LOCK:
+            _PENDING.pop(key, None)
+
+
+def cached_report(
+    db: StudyDB, study_id: str, votes: int, *, n_boot: int = N_BOOTSTRAP, wait: float | None = None
+) -> dict:
+    """`analyse_study` of ``study_id``, refitted only when its vote count changed.
+
+    The fit runs in the background; this waits for it up to ``wait`` seconds (default
+    ``WAIT_FOR_INTERVALS_S``; None below means that default, ``math.inf`` waits for good). When
+    it is still running after that, the report returned has point estimates only and says in
+    ``"intervals"`` that the intervals are being computed.
+    """
+    key = (str(db.path), study_id, votes, n_boot)
+    with _REPORTS_LOCK:
+        report = _REPORTS.get(key)
+        future = None
+        if report is None:
+            future = _PENDING.get(key)
+            if future is None:
+                future = _PENDING[key] = _ANALYSIS.submit(_fit, db, study_id, key, n_boot)
+    if report is not None:
+        return report
+    timeout = WAIT_FOR_INTERVALS_S if wait is None else wait
+    try:
+        return future.result(timeout=None if math.isinf(timeout) else timeout)
+    except FutureTimeout:
+        quick = analyse_study(db, study_id, n_boot=0)
+        quick["intervals"] = quick["intervals"] or (
+            f"The 95% intervals ({n_boot} rater resamples) are being computed; refresh in a few "
+            "seconds to see them. Ranks are by the point estimates until then."
+        )
+        return quick
 
 
 def result_tables(db: StudyDB, study_id: str, *, n_boot: int = N_BOOTSTRAP) -> ResultTables:

@@ -253,3 +253,35 @@ def test_the_analysis_is_refitted_only_when_votes_arrive(tmp_path, monkeypatch):
     study.record_vote(db, rater, trial.trial_id, "left")
     second = tables.result_tables(db, study_id, n_boot=10)
     assert len(fits) == 2 and first.status != second.status
+
+
+def test_the_bootstrap_runs_off_the_request_path(tmp_path, monkeypatch):
+    """A page that asks while the bootstrap runs gets point estimates at once and a note; the
+    next look, once the fit is done, has the intervals."""
+    import threading
+
+    db, study_id = make_study(tmp_path, n_images=2, methods=["a", "b", "c"], repeat_fraction=0.0)
+    for seed in range(1, 6):  # enough raters for intervals
+        rater = study.invite_rater(db, study_id, f"Dr {seed}", seed=seed).rater_id
+        for _ in range(6):
+            trial = study.next_trial(db, rater)
+            study.record_vote(db, rater, trial.trial_id, "left" if seed % 2 else "right")
+    release = threading.Event()
+    real = tables.analyse_study
+
+    def slow(db_, sid, *, n_boot):
+        if n_boot:  # the background fit waits until the page has answered
+            assert release.wait(30)
+        return real(db_, sid, n_boot=n_boot)
+
+    monkeypatch.setattr(tables, "analyse_study", slow)
+    monkeypatch.setattr(tables, "WAIT_FOR_INTERVALS_S", 0.05)
+    first = tables.result_tables(db, study_id, n_boot=20)
+    assert "are being computed" in first.status
+    assert first.ratings["BT [95% CI]"].str.contains(r"\[").sum() == 0  # no interval yet
+    release.set()
+    report = tables.cached_report(db, study_id, 30, n_boot=20, wait=math.inf)
+    assert report["n_bootstrap"] == 20 and not report["intervals"]
+    second = tables.result_tables(db, study_id, n_boot=20)
+    assert "are being computed" not in second.status
+    assert second.ratings["BT [95% CI]"].str.contains(r"\[").all()
