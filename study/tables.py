@@ -68,7 +68,8 @@ _PENDING: dict[tuple, Future] = {}
 _REPORTS_LOCK = threading.Lock()
 _ANALYSIS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="study-analysis")
 REPORTS_KEPT = 16
-WAIT_FOR_INTERVALS_S = 1.0  # a small study's bootstrap finishes within this: no second fit
+WAIT_FOR_INTERVALS_S = 0.25  # how long a big study's page waits for the bootstrap
+QUICK_FROM_VOTES = 500  # below this the bootstrap takes well under a second: wait for it
 
 
 def _fit(db: StudyDB, study_id: str, key: tuple, n_boot: int) -> dict:
@@ -89,10 +90,10 @@ def cached_report(
 ) -> dict:
     """`analyse_study` of ``study_id``, refitted only when its vote count changed.
 
-    The fit runs in the background; this waits for it up to ``wait`` seconds (default
-    ``WAIT_FOR_INTERVALS_S``; None below means that default, ``math.inf`` waits for good). When
-    it is still running after that, the report returned has point estimates only and says in
-    ``"intervals"`` that the intervals are being computed.
+    The fit runs in the background; this waits for it up to ``wait`` seconds (default:
+    ``WAIT_FOR_INTERVALS_S`` from ``QUICK_FROM_VOTES`` votes on, else until it is done;
+    ``math.inf`` waits for good). When it is still running after that, the report returned has
+    point estimates only and says in ``"intervals"`` that the intervals are being computed.
     """
     key = (str(db.path), study_id, votes, n_boot)
     with _REPORTS_LOCK:
@@ -104,7 +105,9 @@ def cached_report(
                 future = _PENDING[key] = _ANALYSIS.submit(_fit, db, study_id, key, n_boot)
     if report is not None:
         return report
-    timeout = WAIT_FOR_INTERVALS_S if wait is None else wait
+    if wait is None:
+        wait = WAIT_FOR_INTERVALS_S if votes >= QUICK_FROM_VOTES else math.inf
+    timeout = wait
     try:
         return future.result(timeout=None if math.isinf(timeout) else timeout)
     except FutureTimeout:

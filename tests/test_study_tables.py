@@ -276,6 +276,7 @@ def test_the_bootstrap_runs_off_the_request_path(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tables, "analyse_study", slow)
     monkeypatch.setattr(tables, "WAIT_FOR_INTERVALS_S", 0.05)
+    monkeypatch.setattr(tables, "QUICK_FROM_VOTES", 10)  # this small study counts as big
     first = tables.result_tables(db, study_id, n_boot=20)
     assert "are being computed" in first.status
     assert first.ratings["BT [95% CI]"].str.contains(r"\[").sum() == 0  # no interval yet
