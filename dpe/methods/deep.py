@@ -172,6 +172,12 @@ dpe_g2 = _register(
     doc="DPE-G v2 (dpe.nets.dpeg2): a learned global exposure correction, then a DPENet residual "
     "that starts at zero (its local stage is not trained yet, so it is skipped).",
 )
+dpe_g3 = _register(
+    "dpe-g3",
+    label="DPE-G3 (learned stretch)",
+    doc="DPE-G v2 with the 'stretch' head (dpe.nets.dpeg2): the network says where the image's "
+    "0.5% and 99.5% luminance quantiles go; its local residual is not trained yet (skipped).",
+)
 retinexnet = _register(
     "retinexnet",
     label="RetinexNet (Wei et al. 2018)",
