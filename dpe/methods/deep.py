@@ -87,9 +87,7 @@ class TorchMethod:
         self.label = label
         self.net = net.eval().to(memory_format=torch.channels_last)
         self._lock = threading.Lock()  # torch intra-op threads are shared; run one at a time
-        # Once per loaded model, not per request: the count is process-wide, and OMP_NUM_THREADS
-        # is read here, so set it before loading (as dpe.scale's workers do).
-        torch.set_num_threads(_cores())
+        torch.set_num_threads(_cores())  # OMP_NUM_THREADS, as dpe.scale's workers set it
 
     @classmethod
     def from_weights(cls, name: str, weights: str | None = None) -> TorchMethod:
@@ -113,6 +111,12 @@ class TorchMethod:
 
     @torch.inference_mode()
     def _forward(self, image: np.ndarray, **kwargs) -> np.ndarray:
+        threads = _cores()
+        if torch.get_num_threads() != threads:
+            # Set at load and normally left alone; the count is process-wide, so when something
+            # changed it (OMP_NUM_THREADS changed since, another model, a training loop), set it
+            # back: the same thread count gives the same floats, so the same output bytes.
+            torch.set_num_threads(threads)
         y = self.net(self._tensor(image), **kwargs)[0].permute(1, 2, 0)  # (H, W, 3)
         return y.float().clamp_(0, 1).cpu().numpy().astype(np.float32, copy=False)
 
