@@ -107,9 +107,8 @@ def cached_report(
         return report
     if wait is None:
         wait = WAIT_FOR_INTERVALS_S if votes >= QUICK_FROM_VOTES else math.inf
-    timeout = wait
     try:
-        return future.result(timeout=None if math.isinf(timeout) else timeout)
+        return future.result(timeout=None if math.isinf(wait) else wait)
     except FutureTimeout:
         quick = analyse_study(db, study_id, n_boot=0)
         quick["intervals"] = quick["intervals"] or (

@@ -87,7 +87,6 @@ class TorchMethod:
         self.label = label
         self.net = net.eval().to(memory_format=torch.channels_last)
         self._lock = threading.Lock()  # torch intra-op threads are shared; run one at a time
-        torch.set_num_threads(_cores())  # OMP_NUM_THREADS, as dpe.scale's workers set it
 
     @classmethod
     def from_weights(cls, name: str, weights: str | None = None) -> TorchMethod:
@@ -113,9 +112,9 @@ class TorchMethod:
     def _forward(self, image: np.ndarray, **kwargs) -> np.ndarray:
         threads = _cores()
         if torch.get_num_threads() != threads:
-            # Set at load and normally left alone; the count is process-wide, so when something
-            # changed it (OMP_NUM_THREADS changed since, another model, a training loop), set it
-            # back: the same thread count gives the same floats, so the same output bytes.
+            # Set on the first run and then left alone, unless something changed the
+            # process-wide count (OMP_NUM_THREADS, another model, a training loop): the same
+            # thread count gives the same floats, so the same output bytes.
             torch.set_num_threads(threads)
         y = self.net(self._tensor(image), **kwargs)[0].permute(1, 2, 0)  # (H, W, 3)
         return y.float().clamp_(0, 1).cpu().numpy().astype(np.float32, copy=False)

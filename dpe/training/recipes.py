@@ -36,6 +36,7 @@ class Recipe:
     adam = (5e-4, 0.9, 0.99)  # DPE paper
     dpe_objective = True  # DPE's loss, each term switchable; False: the paper's own loss
     stages: tuple[str | None, ...] = (None,)
+    has_global_stage = False  # a global path trained beforehand, which --freeze-global keeps
 
     def check(self, config) -> None:
         """Bring ``config`` in line with this architecture, or raise ValueError."""
@@ -44,8 +45,11 @@ class Recipe:
             if not config.pixel:
                 raise ValueError(f"--no-pixel applies to dpenet only; {self.arch} needs its loss.")
             config.feature = config.adversarial = False
-        config.decom_steps = 0
-        if config.freeze_global:
+        if len(self.stages) == 1:
+            config.decom_steps = 0
+        elif config.decom_steps < 0:
+            raise ValueError(f"decom_steps must be at least 0; got {config.decom_steps}.")
+        if config.freeze_global and not self.has_global_stage:
             raise ValueError(f"--freeze-global applies to dpeg2 only, not {self.arch}.")
 
     def losses(self, config) -> dict[str | None, nn.Module]:
@@ -128,11 +132,7 @@ class DPEG2(Recipe):
 
     arch = "dpeg2"
     adam = (2e-4, 0.9, 0.99)
-
-    def check(self, config) -> None:
-        freeze, config.freeze_global = config.freeze_global, False
-        super().check(config)
-        config.freeze_global = freeze
+    has_global_stage = True
 
     def prepare(self, model, config) -> None:
         if config.freeze_global:
@@ -162,13 +162,6 @@ class RetinexNet(Recipe):
     adam = (1e-3, 0.9, 0.999)
     dpe_objective = False
     stages = RetinexLoss.STAGES
-
-    def check(self, config) -> None:
-        decom_steps = config.decom_steps
-        super().check(config)
-        if decom_steps < 0:
-            raise ValueError(f"decom_steps must be at least 0; got {decom_steps}.")
-        config.decom_steps = decom_steps
 
     def losses(self, config):
         return {stage: RetinexLoss(stage) for stage in RetinexLoss.STAGES}
