@@ -19,7 +19,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import study  # noqa: E402
 from study import hub_backup  # noqa: E402
-from webapp import LAUNCH_OPTIONS, build_app, study_page  # noqa: E402
+from webapp import LAUNCH_OPTIONS, build_app, study_only, study_page, worker  # noqa: E402
 from webapp.common import db  # noqa: E402
 
 demo = build_app()
@@ -40,6 +40,8 @@ def main() -> None:
     # beside it is ever served.
     key = study.secret_key(study.data_dir(), "browser-state").hex()
     study_page.remember_codes_across_restarts(demo, key)
+    if not study_only():
+        worker.start()  # the enhancement process loads while the server starts
     demo.launch(**LAUNCH_OPTIONS)
 
 

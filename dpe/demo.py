@@ -30,6 +30,7 @@ from dpe.weights import WeightsNotFoundError, has_weights, hub_repo
 DEFAULT_MAX_MEGAPIXELS = 2.0
 # progress(done, total, label): told before each method starts (the app passes it to Gradio).
 Progress = Callable[[int, int, str], None]
+Runner = Callable[..., np.ndarray]  # runner(name, image, gray=...): one method's output
 
 
 def max_megapixels() -> float:
@@ -73,11 +74,14 @@ def run_methods(
     reference: np.ndarray | None = None,
     progress: Progress | None = None,
     gray: bool | None = None,
+    runner: Runner | None = None,
 ) -> list[MethodResult]:
     """Enhance ``image`` with each method; a failing method reports its error, the rest run.
 
     ``progress(done, total, label)`` is called before each method starts. ``gray`` says
     whether the source was grayscale (``LoadedImage.gray``; None: decided from the pixels).
+    ``runner(name, image, gray=...)`` runs one method (default: in this process; the app's
+    runs it in a lower-priority worker, `webapp.worker`).
     """
     if not methods:
         raise ValueError("Choose at least one method.")
@@ -93,7 +97,8 @@ def run_methods(
             progress(done, len(methods), label)
         start = time.perf_counter()
         try:
-            out = np.clip(get_method(name).enhance(image, gray=gray), 0, 1).astype(np.float32)
+            out = runner(name, image, gray=gray) if runner else _run(name, image, gray=gray)
+            out = np.clip(out, 0, 1).astype(np.float32)
         except (ValueError, WeightsNotFoundError) as exc:
             results.append(MethodResult(name, label, None, 0.0, error=str(exc)))
             continue
@@ -101,6 +106,10 @@ def run_methods(
         metrics = compare(reference, out) if reference is not None else {}
         results.append(MethodResult(name, label, out, seconds, metrics))
     return results
+
+
+def _run(name: str, image: np.ndarray, *, gray: bool | None = None) -> np.ndarray:
+    return get_method(name).enhance(image, gray=gray)
 
 
 def simulate(
@@ -195,10 +204,11 @@ def enhance_prepared(
     reference: np.ndarray | None = None,
     progress: Progress | None = None,
     gray: bool | None = None,
+    runner: Runner | None = None,
 ) -> Enhanced:
     """Run ``methods`` on ``image``; with ``simulate_preset`` degrade it first and score every
     method against the clean original, else score against ``reference`` when one is given.
-    ``progress`` and ``gray`` (a grayscale source) go to :func:`run_methods`."""
+    ``progress``, ``gray`` (a grayscale source) and ``runner`` go to :func:`run_methods`."""
     notes = []
     if simulate_preset:
         reference = image
@@ -209,7 +219,9 @@ def enhance_prepared(
         h, w = image.shape[:2]
         notes.append(f"No metrics: SSIM needs at least 3×3 pixels and the image is {w}×{h}.")
         scored = None
-    results = run_methods(image, list(methods), reference=scored, progress=progress, gray=gray)
+    results = run_methods(
+        image, list(methods), reference=scored, progress=progress, gray=gray, runner=runner
+    )
     input_metrics = compare(scored, image) if scored is not None else {}
     notes += [f"{r.label}: {r.error}" for r in results if r.error]
     return Enhanced(image, results, reference, input_metrics, notes, bool(simulate_preset))
@@ -226,6 +238,7 @@ def enhance_upload(
     seed: int = 0,
     reference: Prepared | None = None,
     progress: Progress | None = None,
+    runner: Runner | None = None,
 ) -> Enhanced:
     """:func:`enhance_prepared` on a loaded upload, scored against a loaded ``reference``.
 
@@ -243,6 +256,7 @@ def enhance_upload(
         reference=None if simulate_preset or reference is None else reference.image,
         progress=progress,
         gray=prepared.gray,
+        runner=runner,
     )
     enhanced.notes[:0] = notes
     return enhanced

@@ -673,6 +673,7 @@ def test_api_clients_see_progress_for_each_method(server, monkeypatch):
     methods = ["identity", "autocontrast", "clahe"]
     labels = [method_info(m)["label"] for m in methods]
     started = {m: threading.Event() for m in methods}
+    monkeypatch.setenv("DPE_ENHANCE_WORKER", "inline")  # Gated lives in this process
     real = dd.get_method
 
     class Gated:

@@ -15,9 +15,15 @@ from __future__ import annotations
 
 import os
 
-import gradio as gr
+# Gradio's queue rebuilds a pandas table of its last 10,000 events after every event, for a
+# /monitoring page this app does not serve: tens of milliseconds of GIL per vote, growing with
+# the study (py-spy on benchmarks/load_study.py). Summarise once in a million events, keep 100.
+os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "1000000")
+os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "100")
 
-from webapp import enhance, results, study_page, study_viewer, uploads
+import gradio as gr  # noqa: E402
+
+from webapp import enhance, results, study_page, study_viewer, uploads  # noqa: E402
 
 TITLE = "Perceptual enhancement of medical images"
 

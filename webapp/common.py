@@ -23,7 +23,7 @@ PRIVATE = {"api_visibility": "private"}
 LIGHT = {**PRIVATE, "concurrency_id": "light", "concurrency_limit": 2}
 STUDY = {**PRIVATE, "concurrency_id": "study", "concurrency_limit": 4}
 ADMIN = {**PRIVATE, "concurrency_id": "results", "concurrency_limit": 1}
-HEAVY = {"concurrency_id": "enhance", "concurrency_limit": 1}  # torch already uses every core
+HEAVY = {"concurrency_id": "enhance", "concurrency_limit": 1}  # one worker (webapp.worker)
 
 _DBS: dict[Path, study.StudyDB] = {}
 _DB_LOCK = threading.Lock()

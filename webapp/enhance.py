@@ -6,7 +6,7 @@ import gradio as gr
 import pandas as pd
 
 from dpe import demo as dd
-from webapp import uploads
+from webapp import uploads, worker
 from webapp.common import EXAMPLES, HEAVY, LIGHT, user_errors
 
 INTRO = (
@@ -84,6 +84,7 @@ def enhance(
         progress=lambda done, total, label: progress(
             (done, total), desc=f"Running {label}", unit="methods"
         ),
+        runner=worker.run,  # a lower-priority process: votes on the Study page come first
     )
     out = uploads.output_dir()
     files = dd.write_results(enhanced, out, prepared.name, bits=prepared.bit_depth)

@@ -1,0 +1,63 @@
+"""The Enhance page's worker process: same pixels as in-process, lower priority, survives a kill."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from dpe.methods import get_method
+from webapp import worker
+
+
+@pytest.fixture
+def fresh_worker(monkeypatch):
+    monkeypatch.setenv("DPE_ENHANCE_WORKER", "process")
+    worker.stop()
+    yield worker
+    worker.stop()
+
+
+def _image(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((48, 40, 3), dtype=np.float32) * 0.5
+
+
+def test_the_worker_is_another_process_at_a_lower_priority(fresh_worker):
+    pid, niceness = fresh_worker.start().result(timeout=120)
+    assert pid != os.getpid()
+    assert niceness == min(19, os.nice(0) + worker.NICENESS)
+
+
+@pytest.mark.parametrize("name", ["autocontrast", "clahe"])
+def test_the_worker_gives_the_same_pixels_as_this_process(fresh_worker, name):
+    image = _image()
+    out = fresh_worker.run(name, image, gray=False)
+    np.testing.assert_array_equal(out, get_method(name).enhance(image, gray=False))
+
+
+def test_a_method_error_comes_back_as_the_same_error(fresh_worker):
+    with pytest.raises(ValueError, match="takes no options|unknown|Unknown"):
+        fresh_worker.pool().submit(worker._enhance, "no-such-method", _image(), False).result()
+
+
+def test_a_killed_worker_is_a_readable_error_and_then_replaced(fresh_worker):
+    pid, _ = fresh_worker.start().result(timeout=120)
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(ValueError, match="worker stopped"):
+        fresh_worker.run("autocontrast", _image())
+    out = fresh_worker.run("autocontrast", _image())  # a new worker
+    assert out.shape == (48, 40, 3)
+
+
+def test_inline_runs_here_and_a_bad_setting_is_refused(monkeypatch):
+    monkeypatch.setenv("DPE_ENHANCE_WORKER", "inline")
+    worker.stop()
+    np.testing.assert_array_equal(
+        worker.run("autocontrast", _image(1)), get_method("autocontrast").enhance(_image(1))
+    )
+    assert worker._pool is None  # nothing was started
+    monkeypatch.setenv("DPE_ENHANCE_WORKER", "threads")
+    with pytest.raises(ValueError, match="DPE_ENHANCE_WORKER must be one of process, inline"):
+        worker.run("autocontrast", _image())
