@@ -44,7 +44,7 @@ def _reset_peak() -> None:
 RANDOM_INIT = {
     "dpe": {"arch": "dpenet", "width": 64},
     "dpe-s": {"arch": "dpenet", "width": 32},
-    "dpe-g": {"arch": "dpeg", "width": 64},
+    "dpe-g": {"arch": "dpeg2", "width": 64, "hidden": 64, "features": 2, "head": "stretch"},
     "retinexnet": {"arch": "retinexnet"},
     "dran": {"arch": "dran"},
 }

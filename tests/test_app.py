@@ -145,9 +145,10 @@ def test_enhance_reads_dicom_and_returns_lossless_16_bit_downloads():
         upload, ["identity", "clahe"], False, "paper", 0, None
     )
     assert not Path(upload).exists()  # the upload is not kept after the response
-    before, after = slider
+    before, after = (np.asarray(Image.open(path)) for path in slider)
     assert before.dtype == np.uint8 and before.shape == (512, 512, 3)
     assert [caption for _, caption in gallery][0] == "Input"
+    assert slider == (gallery[0][0], gallery[1][0])  # the input and the first method
     assert list(table["Method"]) == ["Input (no enhancement)", "CLAHE"]
     assert (table["Seconds"] >= 0).all() and "10-bit DICOM" in notes
     assert [Path(f).name for f in files] == ["knee_scan_identity.png", "knee_scan_clahe.png"]
@@ -170,6 +171,23 @@ def test_upload_is_decoded_once_then_deleted_and_reused(data_dir):
         enhance_page.enhance(None, ["autocontrast"], False, "paper", 0, None)
 
 
+def test_two_responses_for_the_same_picture_share_no_file(data_dir):
+    """Gradio names a cached file by its bytes and rewrote it in place: a visitor downloading
+    it while another visitor enhanced the same picture got a cut-short file. Each response's
+    view files have bytes (and so a cache path) of their own, with the same pixels."""
+    prepared = enhance_page.load_upload(as_upload(EXAMPLES / "microscopy" / "ihc_colon.png"))[0]
+    runs = [
+        enhance_page.enhance(None, ["autocontrast"], True, "paper", 0, None, loaded=prepared)
+        for _ in range(2)
+    ]
+    (slider_a, gallery_a, *_), (slider_b, gallery_b, *_) = runs
+    assert [c for _, c in gallery_a][:2] == ["Low-quality input", "Clean original"]
+    assert slider_a == (gallery_a[0][0], gallery_a[2][0])  # input and the first method
+    for (a, _), (b, _) in zip(gallery_a, gallery_b, strict=True):
+        assert Path(a).read_bytes() != Path(b).read_bytes()
+        np.testing.assert_array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+
+
 def test_bad_upload_gives_a_readable_message_and_is_deleted(tmp_path):
     (tmp_path / "x.png").write_bytes(b"this is not a picture")
     upload = as_upload(tmp_path / "x.png")
@@ -183,7 +201,8 @@ def test_large_upload_is_downscaled_with_a_visible_note(monkeypatch):
     monkeypatch.setenv("DPE_MAX_MEGAPIXELS", "0.05")
     upload = as_upload(EXAMPLES / "dermatology" / "skin_photo_1.png")
     slider, _, _, files, notes = enhance_page.enhance(upload, ["identity"], False, "paper", 0, None)
-    assert slider[0].shape[0] * slider[0].shape[1] <= 50_000
+    width, height = Image.open(slider[0]).size
+    assert width * height <= 50_000
     assert "Downscaled from 504×512" in notes and "DPE_MAX_MEGAPIXELS" in notes
 
 

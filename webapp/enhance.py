@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import secrets
+from pathlib import Path
+
 import gradio as gr
+import numpy as np
 import pandas as pd
+from PIL import Image, PngImagePlugin
 
 from dpe import demo as dd
 from webapp import uploads, worker
@@ -88,9 +93,34 @@ def enhance(
     )
     out = uploads.output_dir()
     files = dd.write_results(enhanced, out, prepared.name, bits=prepared.bit_depth)
+    slider, gallery = view_files(enhanced, out)
     table = pd.DataFrame(dd.metrics_rows(enhanced), columns=dd.METRIC_HEADERS)
     notes = "\n\n".join(enhanced.notes)
-    return dd.before_after(enhanced), dd.gallery(enhanced), table, [str(f) for f in files], notes
+    return slider, gallery, table, [str(f) for f in files], notes
+
+
+def _own_png(folder: Path, image: np.ndarray) -> str:
+    path = folder / f"view-{secrets.token_hex(8)}.png"
+    info = PngImagePlugin.PngInfo()
+    info.add_text("response", secrets.token_hex(8))  # these bytes are this response's own
+    Image.fromarray(image).save(path, pnginfo=info)
+    return str(path)
+
+
+def view_files(enhanced: dd.Enhanced, folder: Path):
+    """The before/after pair (or None) and the gallery, as PNG files only this response has.
+
+    Returned as arrays, Gradio saves each under a name made from a hash of its bytes and
+    rewrites that file every time: two visitors enhancing the same picture at once were sent a
+    file while it was being rewritten (a download cut short, "Too little data for declared
+    Content-Length", in benchmarks/load_study.py). A random text chunk makes each file's bytes,
+    and so its place in Gradio's cache, this response's own; a returned path is copied once.
+    """
+    items = dd.gallery(enhanced)
+    paths = [_own_png(folder, image) for image, _ in items]
+    first = 2 if enhanced.simulated else 1  # the gallery's first method output
+    slider = (paths[0], paths[first]) if len(paths) > first else None
+    return slider, [(path, caption) for path, (_, caption) in zip(paths, items, strict=True)]
 
 
 # ---------------------------------------------------------------- layout and events

@@ -33,7 +33,7 @@ class Method(Protocol):
 # (clean-input PSNR, capped) together. The app ticks the first one available. `identity`, which
 # enhances nothing, is left out; tests/test_methods.py checks this order against the report.
 RECOMMENDED = (
-    "dpe-g3", "dpe-g2", "dpe", "dpe-s", "clahe", "retinexnet", "dpe-g", "dran", "autocontrast",
+    "dpe-g", "dpe-g2", "dpe", "dpe-s", "clahe", "retinexnet", "dran", "autocontrast",
 )  # fmt: skip
 
 

@@ -166,20 +166,17 @@ dpe_s = _register(
 )
 dpe_g = _register(
     "dpe-g",
-    label="DPE-G (global exposure + local detail)",
-    doc="DPENet plus a global path that sees the whole image (beyond the paper; dpe.nets).",
+    label="DPE-G (learned exposure stretch; recommended)",
+    doc="DPE-G v2 with the 'stretch' head (dpe.nets.dpeg2): from the whole image the network "
+    "says where its 0.5% and 99.5% luminance quantiles go; its local residual is not trained "
+    "yet (skipped). Until 2026-12-02 'dpe-g' was DPE-G v1 (DPENet plus a global path), retired "
+    "because this model is ahead of it on every modality and on clean inputs.",
 )
 dpe_g2 = _register(
     "dpe-g2",
     label="DPE-G2 (learned exposure correction)",
     doc="DPE-G v2 (dpe.nets.dpeg2): a learned global exposure correction, then a DPENet residual "
     "that starts at zero (its local stage is not trained yet, so it is skipped).",
-)
-dpe_g3 = _register(
-    "dpe-g3",
-    label="DPE-G3 (learned stretch)",
-    doc="DPE-G v2 with the 'stretch' head (dpe.nets.dpeg2): the network says where the image's "
-    "0.5% and 99.5% luminance quantiles go; its local residual is not trained yet (skipped).",
 )
 retinexnet = _register(
     "retinexnet",
