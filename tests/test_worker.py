@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -61,3 +65,36 @@ def test_inline_runs_here_and_a_bad_setting_is_refused(monkeypatch):
     monkeypatch.setenv("DPE_ENHANCE_WORKER", "threads")
     with pytest.raises(ValueError, match="DPE_ENHANCE_WORKER must be one of process, inline"):
         worker.run("autocontrast", _image())
+
+
+def test_the_worker_leaves_when_its_server_is_killed(tmp_path):
+    """A SIGKILLed server cannot shut its worker down; the worker must not outlive it."""
+    script = tmp_path / "server.py"
+    script.write_text(
+        "import sys, time\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})\n"
+        "from webapp import worker\n"
+        "if __name__ == '__main__':\n"
+        "    print(worker.start().result(timeout=120)[0], flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    env = {**os.environ, "DPE_ENHANCE_WORKER": "process"}
+    server = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, env=env)
+    try:
+        child = int(server.stdout.readline())
+        assert _alive(child)
+    finally:
+        server.kill()
+        server.wait()
+    deadline = time.monotonic() + 30
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(child), "the worker outlived its killed server"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"  # a zombie has exited; only its parent's bookkeeping is left

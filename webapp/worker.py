@@ -4,9 +4,11 @@ On a small Space, torch takes every core while it enhances. Run in the server's 
 that made a rater's vote wait behind a visitor's enhancement: 32 raters voting while 2 visitors
 enhanced gave a vote round trip of p95 ≈ 0.8 s, against 82 ms with nobody enhancing
 (``benchmarks/load_study.py``). Here each method runs in one long-lived worker process at the
-lowest priority (``nice`` +19 and, on Linux, ``SCHED_IDLE``), so the kernel gives the server's
-threads (votes, pages, images) the cores first and the enhancement what is left. The worker
-keeps its models loaded between calls. (nice +10 alone gave p95 294 ms on the same benchmark.)
+lowest priority (``nice`` +19), so the kernel gives the server's threads (votes, pages,
+images) the cores first and the enhancement what is left. The worker keeps its models loaded
+between calls. (nice +10 gave p95 294 ms on the same benchmark. ``SCHED_IDLE`` was tried and
+dropped: it never runs the worker while anything else wants the CPU, so a busy machine left a
+visitor's enhancement waiting indefinitely.)
 
 ``DPE_ENHANCE_WORKER=inline`` runs methods in the calling process instead (tests that patch a
 method in-process; a debugger). Read on every call.
@@ -17,12 +19,13 @@ from __future__ import annotations
 import atexit
 import concurrent.futures as cf
 import multiprocessing
+import multiprocessing.connection
 import os
 import threading
 
 import numpy as np
 
-NICENESS = 19  # the lowest priority; SCHED_IDLE (below) on top
+NICENESS = 19  # the lowest priority; CFS weight 15 against the server's 1024
 MODES = ("process", "inline")
 
 _pool: cf.ProcessPoolExecutor | None = None
@@ -37,11 +40,16 @@ def mode() -> str:
     return value
 
 
-def _lower_priority() -> None:
-    # Before torch starts its threads, which inherit both.
-    os.nice(NICENESS)
-    if hasattr(os, "SCHED_IDLE"):
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+def _exit_with_parent() -> None:
+    # A killed server (SIGKILL, a crash) cannot shut its worker down, and the worker would wait
+    # for work forever, holding its models' memory: it leaves as soon as its parent is gone.
+    multiprocessing.connection.wait([multiprocessing.parent_process().sentinel])
+    os._exit(0)
+
+
+def _start_worker() -> None:
+    threading.Thread(target=_exit_with_parent, name="exit-with-parent", daemon=True).start()
+    os.nice(NICENESS)  # before torch starts its threads, which inherit it
 
 
 def _enhance(name: str, image: np.ndarray, gray: bool | None) -> np.ndarray:
@@ -64,7 +72,7 @@ def pool() -> cf.ProcessPoolExecutor:
             _pool = cf.ProcessPoolExecutor(
                 max_workers=1,
                 mp_context=multiprocessing.get_context("spawn"),
-                initializer=_lower_priority,
+                initializer=_start_worker,
             )
             atexit.register(stop)  # before interpreter teardown, not in a weakref callback
         return _pool
