@@ -166,7 +166,7 @@ dpe_s = _register(
 )
 dpe_g = _register(
     "dpe-g",
-    label="DPE-G (learned exposure stretch; recommended)",
+    label="DPE-G (learned exposure stretch)",
     doc="DPE-G v2 with the 'stretch' head (dpe.nets.dpeg2): from the whole image the network "
     "says where its 0.5% and 99.5% luminance quantiles go; its local residual is not trained "
     "yet (skipped). Until 2026-12-02 'dpe-g' was DPE-G v1 (DPENet plus a global path), retired "
