@@ -1,4 +1,5 @@
-"""The Enhance page's worker process: same pixels as in-process, lower priority, survives a kill."""
+"""The Enhance page's worker process (same pixels, lower priority, survives a kill) and the
+queue settings that keep votes fast while visitors enhance."""
 
 from __future__ import annotations
 
@@ -98,3 +99,14 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state != "Z"  # a zombie has exited; only its parent's bookkeeping is left
+
+
+def test_gradios_queue_does_not_summarise_every_event():
+    """Gradio rebuilt a pandas table of its last 10,000 events after each event (for a
+    /monitoring page this app does not serve): ~10% of the server's time under load. The
+    settings that stop it are Gradio internals; if a Gradio upgrade renames them, this fails."""
+    from webapp import build_app
+
+    queue = build_app()._queue
+    assert queue.ANAYLTICS_CACHE_FREQUENCY >= 1_000_000  # Gradio's spelling
+    assert queue.ANALYTICS_MAX_EVENTS <= 100
