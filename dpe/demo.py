@@ -97,7 +97,7 @@ def run_methods(
             progress(done, len(methods), label)
         start = time.perf_counter()
         try:
-            out = runner(name, image, gray=gray) if runner else _run(name, image, gray=gray)
+            out = (runner or run_one)(name, image, gray=gray)
             out = np.clip(out, 0, 1).astype(np.float32)
         except (ValueError, WeightsNotFoundError) as exc:
             results.append(MethodResult(name, label, None, 0.0, error=str(exc)))
@@ -108,7 +108,8 @@ def run_methods(
     return results
 
 
-def _run(name: str, image: np.ndarray, *, gray: bool | None = None) -> np.ndarray:
+def run_one(name: str, image: np.ndarray, *, gray: bool | None = None) -> np.ndarray:
+    """Method ``name`` on ``image`` in this process: the default runner of :func:`run_methods`."""
     return get_method(name).enhance(image, gray=gray)
 
 
@@ -276,10 +277,20 @@ def gallery(enhanced: Enhanced) -> list[tuple[np.ndarray, str]]:
     return items
 
 
+def before_after_index(enhanced: Enhanced) -> int | None:
+    """Where the first method's output sits in :func:`gallery` (after the input, and the clean
+    original when simulating), or None when no method ran."""
+    ran = any(r.image is not None for r in enhanced.results)
+    return (2 if enhanced.simulated else 1) if ran else None
+
+
 def before_after(enhanced: Enhanced) -> tuple[np.ndarray, np.ndarray] | None:
     """The input and the first method's output as uint8, or None when no method ran."""
-    shown = [r.image for r in enhanced.results if r.image is not None]
-    return (to_uint8(enhanced.input), to_uint8(shown[0])) if shown else None
+    first = before_after_index(enhanced)
+    if first is None:
+        return None
+    items = gallery(enhanced)
+    return items[0][0], items[first][0]
 
 
 def describe_degradation(params: dict, seed: int) -> str:

@@ -44,7 +44,7 @@ def test_the_worker_gives_the_same_pixels_as_this_process(fresh_worker, name):
 
 def test_a_method_error_comes_back_as_the_same_error(fresh_worker):
     with pytest.raises(ValueError, match="takes no options|unknown|Unknown"):
-        fresh_worker.pool().submit(worker._enhance, "no-such-method", _image(), False).result()
+        fresh_worker.run("no-such-method", _image())
 
 
 def test_a_killed_worker_is_a_readable_error_and_then_replaced(fresh_worker):

@@ -118,8 +118,8 @@ def view_files(enhanced: dd.Enhanced, folder: Path):
     """
     items = dd.gallery(enhanced)
     paths = [_own_png(folder, image) for image, _ in items]
-    first = 2 if enhanced.simulated else 1  # the gallery's first method output
-    slider = (paths[0], paths[first]) if len(paths) > first else None
+    first = dd.before_after_index(enhanced)
+    slider = None if first is None else (paths[0], paths[first])
     return slider, [(path, caption) for path, (_, caption) in zip(paths, items, strict=True)]
 
 

@@ -52,12 +52,6 @@ def _start_worker() -> None:
     os.nice(NICENESS)  # before torch starts its threads, which inherit it
 
 
-def _enhance(name: str, image: np.ndarray, gray: bool | None) -> np.ndarray:
-    from dpe.methods import get_method
-
-    return get_method(name).enhance(image, gray=gray)
-
-
 def _ready() -> tuple[int, int]:
     import dpe.methods  # noqa: F401 (the registry and torch, loaded before the first request)
 
@@ -74,7 +68,6 @@ def pool() -> cf.ProcessPoolExecutor:
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_start_worker,
             )
-            atexit.register(stop)  # before interpreter teardown, not in a weakref callback
         return _pool
 
 
@@ -92,18 +85,21 @@ def stop() -> None:
         old.shutdown(wait=True, cancel_futures=True)
 
 
+atexit.register(stop)  # before interpreter teardown, not in the executor's weakref callback
+
+
 def run(name: str, image: np.ndarray, *, gray: bool | None = None) -> np.ndarray:
-    """``get_method(name).enhance(image, gray=gray)``, in the worker unless ``inline``.
+    """`dpe.demo.run_one` in the worker, or in this process when ``inline``.
 
     A worker that died (killed for memory, say) is replaced, and this call's method reports
     a readable error instead of a broken pipe.
     """
-    if mode() == "inline":
-        from dpe import demo
+    from dpe import demo
 
-        return demo.get_method(name).enhance(image, gray=gray)
+    if mode() == "inline":
+        return demo.run_one(name, image, gray=gray)
     try:
-        return pool().submit(_enhance, name, image, gray).result()
+        return pool().submit(demo.run_one, name, image, gray=gray).result()
     except cf.process.BrokenProcessPool:
         stop()
         raise ValueError(
