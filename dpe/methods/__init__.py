@@ -33,7 +33,7 @@ class Method(Protocol):
 # (clean-input PSNR, capped) together. The app ticks the first one available. `identity`, which
 # enhances nothing, is left out; tests/test_methods.py checks this order against the report.
 RECOMMENDED = (
-    "dpe-g", "dpe-g2", "dpe-s", "dpe", "clahe", "retinexnet", "dran", "autocontrast",
+    "dpe-g", "dpe-g2", "dpe", "dpe-s", "clahe", "retinexnet", "dran", "autocontrast",
 )  # fmt: skip
 
 
