@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dpe._image import is_gray
 from dpe.datasets import degraded_twin, find_images
 from dpe.nets import build_net
 from dpe.training.cli import config_parser, flag
@@ -55,6 +56,9 @@ class GlobalConfig:
     batch_size: int = flag(32, "crops per step")
     clean_frac: float = flag(0.2, "fraction of crops left clean (they must come back unchanged)")
     mild_frac: float = flag(0.2, "fraction of crops degraded with 'mild' (the rest: 'paper')")
+    rewindow_frac: float = flag(
+        0.0, "fraction of gray tiles first stretched to the full range (samples.rewindow)"
+    )
     lr: float = flag(2e-3, "Adam lr")
     cosine: bool = flag(False, "decay lr to 10% over this invocation's --minutes (cosine)")
     steps: int | None = flag(None, "stop when the total step count reaches this")
@@ -79,7 +83,11 @@ def sample_batch(tiles, config: GlobalConfig, rng: np.random.Generator):
     for _ in range(config.batch_size):
         tile = draw_tile(tiles, rng)
         preset = draw_preset(config.clean_frac, config.mild_frac, "paper", rng)
-        low, clean, _ = crop_of_degraded_tile(tile, config.crop, preset, rng)
+        # a windowed display is a gray-scale thing: colour photographs keep their tile's range
+        rewindowed = (
+            config.rewindow_frac > 0 and is_gray(tile) and rng.random() < config.rewindow_frac
+        )
+        low, clean, _ = crop_of_degraded_tile(tile, config.crop, preset, rng, rewindowed=rewindowed)
         lows.append(low)
         cleans.append(clean)
     return to_batch(lows), to_batch(cleans)
@@ -199,7 +207,8 @@ class GlobalRun:
             val_history=[h[:2] for h in self.history],
             data=self.info,
             objective="global stage: L1 of the globally corrected crop; local path at zero",
-            training=f"{config.clean_frac:g} clean, {config.mild_frac:g} mild, rest paper",
+            training=f"{config.clean_frac:g} clean, {config.mild_frac:g} mild, rest paper; "
+            f"{config.rewindow_frac:g} of gray tiles rewindowed",
             crop=config.crop,
             batch_size=config.batch_size,
             lr=config.lr,

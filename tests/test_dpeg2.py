@@ -142,3 +142,22 @@ def test_stretch_head_starts_as_the_identity_and_sends_quantiles_where_it_says()
     assert torch.allclose(after, before + torch.tensor([-0.2, 0.3]), atol=0.01)
     with pytest.raises(ValueError, match="head"):
         build_net({"arch": "dpeg2", "head": "bogus"})
+
+
+def test_rewindow_stretches_a_narrow_tile_to_the_full_range_and_keeps_gray_gray():
+    from dpe.training.samples import crop_of_degraded_tile, rewindow
+
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0.2, 0.5, 64 * 64, dtype=np.float32).reshape(64, 64, 1)
+    gray = np.repeat(ramp, 3, axis=2)
+    out = rewindow(gray, rng)
+    assert out.min() == 0.0 and out.max() == 1.0
+    assert np.array_equal(out[..., 0], out[..., 1]) and np.array_equal(out[..., 1], out[..., 2])
+    assert np.all(np.diff(out[..., 0].ravel()) >= 0)  # monotone: a window, not a remap
+    flat = np.full((8, 8, 3), 0.4, np.float32)
+    assert np.array_equal(rewindow(flat, rng), flat)  # nothing to stretch
+    tile = (gray * 255).astype(np.uint8)
+    low, clean, whole = crop_of_degraded_tile(tile, 32, None, rng, rewindowed=True)
+    assert np.array_equal(low, clean) and whole.max() == 1.0 and whole.min() == 0.0
+    _, _, plain = crop_of_degraded_tile(tile, 32, None, rng)
+    assert plain.max() <= 0.5 + 1 / 255

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dpe._image import LUMA
 from dpe.datasets import degraded_twin, find_images
 from dpe.degrade import degrade
 
@@ -110,15 +111,36 @@ def draw_preset(
     return "mild" if u < clean_frac + mild_frac else preset
 
 
-def crop_of_degraded_tile(tile: np.ndarray, crop: int, preset: str | None, rng):
+def rewindow(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The tile as a display would show it whole: its luminance stretched to the full range.
+
+    A tile cut from a larger image often spans a narrow band of gray levels, while the images
+    people open (a windowed CT slice, an MR series, a photograph) span nearly all of them. This
+    sends the tile's ``a``-th and ``b``-th luminance percentiles (``a`` in [0, 1], ``b`` in
+    [99, 100], drawn) to 0 and 1 with one gain and offset for every channel, so colour balance is
+    kept and gray stays gray; what falls outside is clipped, as a display window clips.
+    """
+    luma = image @ np.asarray(LUMA, np.float32)
+    lo, hi = np.percentile(luma, [rng.uniform(0.0, 1.0), rng.uniform(99.0, 100.0)])
+    if hi - lo < 1e-3:
+        return image
+    return np.clip((image - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+def crop_of_degraded_tile(
+    tile: np.ndarray, crop: int, preset: str | None, rng, *, rewindowed: bool = False
+):
     """DPE-G v2: degrade the whole tile (as a real acquisition is), then crop low and clean.
 
     The whole degraded tile is returned too: the model reads its global correction from the
-    whole image at inference, so training does the same.
+    whole image at inference, so training does the same. ``rewindowed``: the clean tile is
+    first stretched to the full range (:func:`rewindow`).
     """
     image = tile.astype(np.float32) / 255
     image = np.rot90(image, k=int(rng.integers(4)))
     image = np.ascontiguousarray(image[:, ::-1] if rng.random() < 0.5 else image)
+    if rewindowed:
+        image = rewindow(image, rng)
     if min(image.shape[:2]) < crop:
         image = resize(image, crop)
     whole = image if preset is None else degrade(image, preset, rng)
