@@ -13,8 +13,8 @@ source in ``dpe/data.py`` reads. ``build`` writes 8-bit grayscale PNGs in three 
   non-zero values), upscaled 2x to 256² (Lanczos);
 - ``mri``: a brain MR slice from Debian's ``python3-guiqwt`` (``tests/brain.png``, 256²; its
   ``mr-brain.dcm`` decodes to an offset, noisy array and is left out), the coronal T1 slice of
-  the ``dipy`` wheel (``dipy/data/files/t1_coronal_slice.npy``, 256²) and 3 slices (one per axis) of the MNI152
-  2009a T1 template in the ``nilearn`` wheel, centre-cropped to 176²;
+  the ``dipy`` wheel (``dipy/data/files/t1_coronal_slice.npy``, 256²) and 3 slices (one per
+  axis) of the MNI152 2009a T1 template in the ``nilearn`` wheel, centre-cropped to 176²;
 - ``fundus``: scikit-image's ``microaneurysms.png`` (102², gray), upscaled 2x.
 
 Each is windowed to [0, 1] from its own percentiles, as ``dpe.data`` does for raw intensities.
