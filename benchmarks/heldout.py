@@ -34,7 +34,7 @@ from PIL import Image
 
 FILES = {
     "stent": "usr/lib/python3/dist-packages/imageio/resources/images/stent.npz",
-    "mr_brain": "usr/lib/python3/dist-packages/guiqwt/tests/brain.png",
+    "guiqwt_brain": "usr/lib/python3/dist-packages/guiqwt/tests/brain.png",
     "dipy_t1": "dipy/data/files/t1_coronal_slice.npy",
     "mni_t1": "nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
 }
@@ -76,7 +76,7 @@ def build(downloads: Path, out: Path) -> int:
             save(window(vol[z], lo, hi), out / "ct" / f"stent_z{z:03d}_{name}.png", scale=2)
             n += 1
 
-    mr = np.asarray(Image.open(downloads / FILES["mr_brain"]).convert("L"), dtype=np.float64)
+    mr = np.asarray(Image.open(downloads / FILES["guiqwt_brain"]).convert("L"), dtype=np.float64)
     save(window(mr, *np.percentile(mr, [0.5, 99.5])), out / "mri" / "guiqwt_brain.png")
     n += 1
     t1 = np.load(downloads / FILES["dipy_t1"])

@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dpe._image import LUMA
 from dpe.datasets import degraded_twin, find_images
 from dpe.degrade import degrade
 
@@ -116,15 +115,13 @@ def rewindow(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
     A tile cut from a larger image often spans a narrow band of gray levels, while the images
     people open (a windowed CT slice, an MR series, a photograph) span nearly all of them. This
-    sends the tile's ``a``-th and ``b``-th luminance percentiles (``a`` in [0, 1], ``b`` in
-    [99, 100], drawn) to 0 and 1 with one gain and offset for every channel, so colour balance is
-    kept and gray stays gray; what falls outside is clipped, as a display window clips.
+    is ``autocontrast`` with drawn percentiles: the ``a``-th and ``b``-th (``a`` in [0, 1], ``b``
+    in [99, 100]) go to 0 and 1, one gain and offset for every channel (gray stays gray), and
+    what falls outside is clipped, as a display window clips.
     """
-    luma = image @ np.asarray(LUMA, np.float32)
-    lo, hi = np.percentile(luma, [rng.uniform(0.0, 1.0), rng.uniform(99.0, 100.0)])
-    if hi - lo < 1e-3:
-        return image
-    return np.clip((image - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    from dpe.methods.classic import autocontrast
+
+    return autocontrast(image, low=rng.uniform(0.0, 1.0), high=rng.uniform(99.0, 100.0))
 
 
 def crop_of_degraded_tile(
