@@ -59,6 +59,12 @@ class GlobalConfig:
     rewindow_frac: float = flag(
         0.0, "fraction of gray tiles first stretched to the full range (samples.rewindow)"
     )
+    init_from: str | None = flag(
+        None, "start from this weights file's global path (new feature inputs start at zero)"
+    )
+    val_windowed: bool = flag(
+        False, "also validate on every gray val image stretched to its own 0.5-99.5% range"
+    )
     lr: float = flag(2e-3, "Adam lr")
     cosine: bool = flag(False, "decay lr to 10% over this invocation's --minutes (cosine)")
     steps: int | None = flag(None, "stop when the total step count reaches this")
@@ -93,17 +99,30 @@ def sample_batch(tiles, config: GlobalConfig, rng: np.random.Generator):
     return to_batch(lows), to_batch(cleans)
 
 
-def load_val(folder: Path) -> list[tuple[str, torch.Tensor, np.ndarray]]:
-    """(group, degraded tensor, clean array) and (group, clean tensor, clean array) per image."""
+def load_val(
+    folder: Path, windowed: bool = False
+) -> list[tuple[str, torch.Tensor, np.ndarray]]:
+    """(group, degraded tensor, clean array) and (group, clean tensor, clean array) per image.
+
+    ``windowed`` adds each gray image once more, stretched to its own 0.5-99.5% luminance range
+    as a viewer windows a whole image (group ``GROUP-windowed``): the val tiles are cut from
+    larger images and rarely reach white, so without these the export rule would favour a
+    model that never stretches to white.
+    """
     from dpe.io import load_image
+    from dpe.methods.classic import autocontrast
 
     out = []
     for item in find_images([folder]):
         loaded = load_image(item.path)
-        clean = loaded.image
-        low = degraded_twin(clean, item.relpath, preset="paper", seed=0, gray=loaded.gray)
-        for kind, x in (("degraded", low), ("clean", clean)):
-            out.append((f"{item.group}/{kind}", torch.from_numpy(x).permute(2, 0, 1)[None], clean))
+        views = [(item.group, loaded.image)]
+        if windowed and loaded.gray:
+            views.append((f"{item.group}-windowed", autocontrast(loaded.image, low=0.5, high=99.5)))
+        for group, clean in views:
+            low = degraded_twin(clean, item.relpath, preset="paper", seed=0, gray=loaded.gray)
+            for kind, x in (("degraded", low), ("clean", clean)):
+                x = torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1)[None]
+                out.append((f"{group}/{kind}", x, clean))
     return out
 
 
@@ -117,6 +136,36 @@ def validate(model, val) -> dict[str, float]:
         out = model(x, local=False)[0].permute(1, 2, 0).numpy()
         scores.setdefault(key, []).append(min(psnr(clean, out), 60.0))
     return {k: float(np.mean(v)) for k, v in sorted(scores.items())}
+
+
+def init_global_path(model, path: str | Path) -> None:
+    """Copy a weights file's global MLP into ``model``'s, whose feature set may be larger.
+
+    Feature sets only ever append columns, so the file's first layer fills the leading input
+    columns and the new ones start at zero: the model starts as exactly the file's model, and
+    training can only bring the new features in where they lower the loss.
+    """
+    from dpe.weights import load_weights
+
+    state, config, _ = load_weights(path)
+    if config.get("arch") != "dpeg2" or config.get("head", "gain") != model.config.head:
+        raise ValueError(f"{path}: not a DPE-G v2 file with the {model.config.head!r} head.")
+    if config.get("features", 1) > model.config.features:
+        raise ValueError(f"{path} reads more features than --features {model.config.features}.")
+    own = model.glob.state_dict()
+    for key, value in state.items():
+        if not key.startswith("glob."):
+            continue
+        name = key.removeprefix("glob.")
+        target = own[name]
+        if value.shape != target.shape:  # the first layer: (hidden, fewer inputs)
+            if value.shape[0] != target.shape[0] or value.dim() != 2:
+                raise ValueError(f"{path}: {key} has shape {tuple(value.shape)}.")
+            grown = torch.zeros_like(target)
+            grown[:, : value.shape[1]] = value
+            value = grown
+        own[name] = value.to(target.dtype)
+    model.glob.load_state_dict(own)
 
 
 class GlobalRun:
@@ -136,6 +185,8 @@ class GlobalRun:
         self.model = build_net({"arch": "dpeg2", **arch})
         self.opt = torch.optim.Adam(self.model.glob.parameters(), lr=config.lr)
         self.step, self.wall, self.best, self.best_step, self.history = 0, 0.0, -math.inf, 0, []
+        if state is None and config.init_from:
+            init_global_path(self.model, config.init_from)
         if state is not None:
             self.model.load_state_dict(state["model"])
             self.opt.load_state_dict(state["opt"])
@@ -146,7 +197,7 @@ class GlobalRun:
             )
         data = Path(config.data)
         self.tiles = load_tiles(data / "train", by_source=True)
-        self.val = load_val(data / "val")
+        self.val = load_val(data / "val", config.val_windowed)
         self.info = data_summary(data, self.tiles)
         self.out_file = Path(config.out_dir) / f"{config.name}.safetensors"
         self.start = time.monotonic()

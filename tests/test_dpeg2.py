@@ -99,7 +99,7 @@ def _tiles(folder):
 
 def test_feature_versions_build_and_start_as_the_identity():
     x = torch.rand(1, 3, 48, 48) * 0.3 + 0.1
-    for version, n in ((1, 27), (2, 31)):
+    for version, n in ((1, 27), (2, 31), (3, 41)):
         net = build_net({"arch": "dpeg2", "width": 8, "features": version})
         assert global_features(x, version).shape == (1, n)
         with torch.no_grad():
@@ -107,6 +107,24 @@ def test_feature_versions_build_and_start_as_the_identity():
     # version 2 carries log(span): halving the contrast moves it by log(2)/3
     a, b = global_features(x, 2)[0, -4], global_features((x - 0.25) * 0.5 + 0.25, 2)[0, -4]
     assert float(a - b) == pytest.approx(np.log(2) / 3, abs=1e-3)
+
+
+def test_tail_features_see_a_clipped_white_through_the_degradation():
+    from dpe.degrade import degrade
+    from dpe.methods.classic import autocontrast
+
+    ramp = np.linspace(0.1, 0.7, 128, dtype=np.float32)
+    clean = np.repeat(np.add.outer(ramp, ramp)[..., None] / 1.4, 3, axis=2)  # thin tails
+    clipped = autocontrast(clean, low=0.5, high=98.0)  # 2% of it at exactly white
+
+    def top_gap(image):  # (max - 99th percentile) / span after a paper degradation, 8 seeds
+        gaps = []
+        for seed in range(8):
+            x = torch.from_numpy(degrade(image, "paper", seed=seed)).permute(2, 0, 1)[None]
+            gaps.append(float(global_features(x, 3)[0, 31 + 3]))  # TAILS[3] = 0.01, top
+        return np.mean(gaps)
+
+    assert top_gap(clipped) < 0.5 * top_gap(clean)
 
 
 def test_an_untrained_local_path_is_skipped_at_inference_only():
@@ -162,3 +180,42 @@ def test_rewindow_stretches_a_narrow_tile_to_the_full_range_and_keeps_gray_gray(
     assert whole.max() == pytest.approx(1.0, abs=1e-6)  # luma of gray is v x 0.9999999 in fp32
     _, _, plain = crop_of_degraded_tile(tile, 32, None, rng)
     assert plain.max() <= 0.5 + 1 / 255
+
+
+def test_init_from_a_smaller_feature_set_starts_as_that_model():
+    from dpe.train_global import init_global_path
+    from dpe.weights import load_weights
+
+    state, config, _ = load_weights("weights/dpe-g.safetensors")
+    shipped = build_net(config)
+    shipped.load_state_dict(state)
+    grown = build_net({**config, "features": 3})
+    init_global_path(grown, "weights/dpe-g.safetensors")
+    x = torch.rand(2, 3, 40, 40) * 0.4 + 0.05
+    with torch.no_grad():
+        assert torch.allclose(grown(x, local=False), shipped(x, local=False), atol=1e-6)
+        assert grown.glob.mlp[0].weight[:, 31:].abs().max() == 0
+    with pytest.raises(ValueError, match="more features"):
+        init_global_path(build_net({**config, "features": 1}), "weights/dpe-g.safetensors")
+
+
+def test_windowed_validation_adds_full_range_views_of_gray_images_only(tmp_path):
+    from PIL import Image
+
+    from dpe.train_global import load_val
+
+    ramp = np.linspace(60, 160, 48, dtype=np.float32)
+    gray = np.add.outer(ramp, ramp) / 2
+    (tmp_path / "radiology").mkdir()
+    (tmp_path / "dermatology").mkdir()
+    Image.fromarray(gray.astype(np.uint8)).save(tmp_path / "radiology" / "a.png")
+    colour = np.stack([gray, gray * 0.8, gray * 0.6], axis=2).astype(np.uint8)
+    Image.fromarray(colour).save(tmp_path / "dermatology" / "b.png")
+    plain = {key for key, _, _ in load_val(tmp_path)}
+    assert plain == {f"{g}/{k}" for g in ("radiology", "dermatology") for k in ("degraded", "clean")}
+    val = load_val(tmp_path, windowed=True)
+    keys = [key for key, _, _ in val]
+    assert set(keys) - plain == {"radiology-windowed/degraded", "radiology-windowed/clean"}
+    windowed = next(clean for key, _, clean in val if key == "radiology-windowed/clean")
+    assert gray.max() / 255 < 0.7 and np.quantile(windowed, 0.999) == pytest.approx(1.0)
+    assert np.quantile(windowed, 0.001) == pytest.approx(0.0)

@@ -36,7 +36,10 @@ from dpe.nets.dpenet import DPENet, DPENetConfig
 SAMPLE = 128  # statistics read at most SAMPLE**2 pixels, subsampled without averaging
 LEVELS = 20  # luminance quantiles
 HEADS = ("gain", "stretch")
+# the tails that feature set 3 reads: how far the extremes sit from these quantiles
+TAILS = (0.001, 0.002, 0.005, 0.01, 0.02)
 N_FEATURES = {1: LEVELS + 2 + 2 + 3, 2: LEVELS + 2 + 2 + 3 + 4}  # by DPEG2Config.features
+N_FEATURES[3] = N_FEATURES[2] + 2 * len(TAILS)
 
 
 @dataclass
@@ -44,7 +47,8 @@ class DPEG2Config:
     width: int = 64  # the local DPENet's base width (paper: 64)
     hidden: int = 64  # the global MLP's width
     # 1: quantiles, mean, spread, black/white shares, colour cast; 2: also the logarithms of
-    # three quantile spans and of the mean, so that a stretch (gain = 1 / span) is linear in them
+    # three quantile spans and of the mean, so that a stretch (gain = 1 / span) is linear in them;
+    # 3: also the shape of both tails (was the image clipped at black or white by a window?)
     features: int = 1
     # how the MLP's two outputs become the correction: "gain" (a log gain and an offset around
     # the mean) or "stretch" (where the 0.5% and 99.5% luminance quantiles go: a 1/span gain
@@ -78,7 +82,28 @@ def global_features(x: torch.Tensor, version: int = 1) -> torch.Tensor:
         spans = [q[:, -1 - i : LEVELS - i] - q[:, i : i + 1] for i in (0, 2, 5)]  # 0.5-99.5, ...
         logs = [torch.log(s.clamp_min(1e-3)) / 3 for s in spans]
         feats += [*logs, torch.log(mean.clamp_min(1e-3)) / 3]
+    if version >= 3:
+        feats.append(tail_features(luma, q[:, :1], q[:, -1:]))
     return torch.cat(feats, dim=1)
+
+
+def tail_features(luma: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """(B, 2 * len(TAILS)): the gaps between each extreme and its nearby quantiles, over the span.
+
+    A display window clips: an image windowed to its own range has a few per cent of its
+    pixels at exactly black or white, and a brightness/contrast change moves that spike but
+    keeps it a spike, so in the degraded image the top quantiles bunch up against the maximum.
+    A tile cut from a larger picture, or a volume windowed as a whole, has thin tails instead.
+    This is the one statistic that tells "the clean image reached white" from "it did not",
+    which the quantile levels above (5% apart) cannot see.
+    """
+    levels = luma.new_tensor(TAILS)
+    low_q = torch.quantile(luma, levels, dim=1).T  # (B, T)
+    high_q = torch.quantile(luma, 1 - levels, dim=1).T
+    span = (hi - lo).clamp_min(1e-3)
+    top = (luma.amax(1, keepdim=True) - high_q) / span
+    bottom = (low_q - luma.amin(1, keepdim=True)) / span
+    return (torch.cat([top, bottom], dim=1) * 4).clamp(0.0, 4.0)
 
 
 class GlobalPath(nn.Module):
