@@ -99,9 +99,7 @@ def sample_batch(tiles, config: GlobalConfig, rng: np.random.Generator):
     return to_batch(lows), to_batch(cleans)
 
 
-def load_val(
-    folder: Path, windowed: bool = False
-) -> list[tuple[str, torch.Tensor, np.ndarray]]:
+def load_val(folder: Path, windowed: bool = False) -> list[tuple[str, torch.Tensor, np.ndarray]]:
     """(group, degraded tensor, clean array) and (group, clean tensor, clean array) per image.
 
     ``windowed`` adds each gray image once more, stretched to its own 0.5-99.5% luminance range

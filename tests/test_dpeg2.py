@@ -212,7 +212,9 @@ def test_windowed_validation_adds_full_range_views_of_gray_images_only(tmp_path)
     colour = np.stack([gray, gray * 0.8, gray * 0.6], axis=2).astype(np.uint8)
     Image.fromarray(colour).save(tmp_path / "dermatology" / "b.png")
     plain = {key for key, _, _ in load_val(tmp_path)}
-    assert plain == {f"{g}/{k}" for g in ("radiology", "dermatology") for k in ("degraded", "clean")}
+    assert plain == {
+        f"{g}/{k}" for g in ("radiology", "dermatology") for k in ("degraded", "clean")
+    }
     val = load_val(tmp_path, windowed=True)
     keys = [key for key, _, _ in val]
     assert set(keys) - plain == {"radiology-windowed/degraded", "radiology-windowed/clean"}
