@@ -98,8 +98,7 @@ def tail_features(luma: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> tor
     which the quantile levels above (5% apart) cannot see.
     """
     levels = luma.new_tensor(TAILS)
-    low_q = torch.quantile(luma, levels, dim=1).T  # (B, T)
-    high_q = torch.quantile(luma, 1 - levels, dim=1).T
+    low_q, high_q = torch.quantile(luma, torch.cat([levels, 1 - levels]), dim=1).T.chunk(2, dim=1)
     span = (hi - lo).clamp_min(1e-3)
     top = (luma.amax(1, keepdim=True) - high_q) / span
     bottom = (low_q - luma.amin(1, keepdim=True)) / span
