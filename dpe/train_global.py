@@ -12,7 +12,9 @@ The loss is the L1 distance of the corrected crop to the clean crop.
 Validation scores every validation image of every group twice, degraded (``paper``, seed 0,
 keyed by file name, as ``dpe.evaluate`` does) and clean, and the score of a step is the
 **worst** of the per-group means: a step that helps the mean but hurts one modality, or starts
-to alter good images, is not exported. The best step is exported to ``OUT_DIR/NAME.safetensors``
+to alter good images, is not exported. With ``--keep-start TOL`` a step is also not exported
+when any group scores more than TOL dB below step 0 (with ``--init-from``: the model it started
+from). The best step is exported to ``OUT_DIR/NAME.safetensors``
 with its validation history; ``checkpoints/NAME-global.pt`` lets a run resume exactly.
 The local path is trained afterwards with ``python -m dpe.train --arch dpeg2 --init-from``.
 """
@@ -64,6 +66,11 @@ class GlobalConfig:
     )
     val_windowed: bool = flag(
         False, "also validate on every gray val image stretched to its own 0.5-99.5% range"
+    )
+    keep_start: float | None = flag(
+        None,
+        "export only steps that score no more than this many dB below step 0 on every val "
+        "group (with --init-from: never worse than the model it started from)",
     )
     lr: float = flag(2e-3, "Adam lr")
     cosine: bool = flag(False, "decay lr to 10% over this invocation's --minutes (cosine)")
@@ -228,19 +235,29 @@ class GlobalRun:
             self.opt.step()
         self.step += 1
 
+    def eligible(self, scores: dict[str, float]) -> bool:
+        """Whether ``--keep-start`` lets this step be exported (step 0 always may be)."""
+        tol = self.config.keep_start
+        if tol is None or not self.history:
+            return True
+        start = self.history[0][2]
+        return all(scores[k] >= start[k] - tol for k in start)
+
     def evaluate(self) -> None:
         """Score every group; export the model when its worst group is the best so far."""
         scores = validate(self.model, self.val)
         worst, mean = min(scores.values()), float(np.mean(list(scores.values())))
+        eligible = self.eligible(scores)
         self.history.append(
             [self.step, round(worst, 3), {k: round(v, 2) for k, v in scores.items()}]
         )
-        if worst > self.best:
+        if eligible and worst > self.best:
             self.best, self.best_step = worst, self.step
             export_weights(self.model, self.out_file, **self.metadata(worst, mean, scores))
         print(
             f"step {self.step}: worst {worst:.2f} dB ({min(scores, key=scores.get)}), mean "
-            f"{mean:.2f}; best {self.best:.2f} at {self.best_step}",
+            f"{mean:.2f}; best {self.best:.2f} at {self.best_step}"
+            + ("" if eligible else " (below step 0 on a group: not exported)"),
             file=sys.stderr,
             flush=True,
         )
@@ -257,7 +274,12 @@ class GlobalRun:
             data=self.info,
             objective="global stage: L1 of the globally corrected crop; local path at zero",
             training=f"{config.clean_frac:g} clean, {config.mild_frac:g} mild, rest paper; "
-            f"{config.rewindow_frac:g} of gray tiles rewindowed",
+            f"{config.rewindow_frac:g} of gray tiles rewindowed"
+            + (
+                ""
+                if config.keep_start is None
+                else f"; exported only within {config.keep_start:g} dB of step 0 on every val group"
+            ),
             crop=config.crop,
             batch_size=config.batch_size,
             lr=config.lr,

@@ -221,3 +221,19 @@ def test_windowed_validation_adds_full_range_views_of_gray_images_only(tmp_path)
     windowed = next(clean for key, _, clean in val if key == "radiology-windowed/clean")
     assert gray.max() / 255 < 0.7 and np.quantile(windowed, 0.999) == pytest.approx(1.0)
     assert np.quantile(windowed, 0.001) == pytest.approx(0.0)
+
+
+def test_keep_start_blocks_a_step_that_loses_a_group_to_step_0():
+    from types import SimpleNamespace
+
+    from dpe.train_global import GlobalRun
+
+    start = {"radiology/clean": 42.0, "radiology/degraded": 20.0}
+    run = SimpleNamespace(config=SimpleNamespace(keep_start=0.1), history=[])
+    assert GlobalRun.eligible(run, start)  # step 0 itself
+    run.history = [[0, 20.0, start]]
+    better = {"radiology/clean": 41.95, "radiology/degraded": 25.0}
+    assert GlobalRun.eligible(run, better)
+    assert not GlobalRun.eligible(run, {**better, "radiology/clean": 41.8})
+    run.config.keep_start = None  # the plain worst-group rule
+    assert GlobalRun.eligible(run, {**better, "radiology/clean": 30.0})
