@@ -182,21 +182,25 @@ def test_rewindow_stretches_a_narrow_tile_to_the_full_range_and_keeps_gray_gray(
     assert plain.max() <= 0.5 + 1 / 255
 
 
-def test_init_from_a_smaller_feature_set_starts_as_that_model():
+def test_init_from_a_smaller_feature_set_starts_as_that_model(tmp_path):
     from dpe.train_global import init_global_path
-    from dpe.weights import load_weights
+    from dpe.weights import load_weights, save_weights
 
-    state, config, _ = load_weights("weights/dpe-g.safetensors")
-    shipped = build_net(config)
-    shipped.load_state_dict(state)
+    _, config, _ = load_weights("weights/dpe-g.safetensors")
+    torch.manual_seed(0)
+    small = build_net({**config, "features": 2})  # the feature set the shipped file grew from
+    path = tmp_path / "small.safetensors"
+    save_weights(small.state_dict(), path, {**config, "features": 2})
     grown = build_net({**config, "features": 3})
-    init_global_path(grown, "weights/dpe-g.safetensors")
+    init_global_path(grown, path)
+    grown.local.load_state_dict(small.local.state_dict())
     x = torch.rand(2, 3, 40, 40) * 0.4 + 0.05
     with torch.no_grad():
-        assert torch.allclose(grown(x, local=False), shipped(x, local=False), atol=1e-6)
+        assert torch.allclose(grown(x, local=False), small(x, local=False), atol=1e-6)
         assert grown.glob.mlp[0].weight[:, 31:].abs().max() == 0
+        assert small.glob.mlp[0].weight.abs().max() > 0
     with pytest.raises(ValueError, match="more features"):
-        init_global_path(build_net({**config, "features": 1}), "weights/dpe-g.safetensors")
+        init_global_path(build_net({**config, "features": 1}), path)
 
 
 def test_windowed_validation_adds_full_range_views_of_gray_images_only(tmp_path):
