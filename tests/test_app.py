@@ -757,3 +757,22 @@ def test_a_rejected_upload_is_one_log_line_and_a_fault_a_traceback(
     err = capfd.readouterr().err
     assert "Traceback" in err and "RuntimeError: a real fault" in err
     assert not [r for r in caplog.records if r.name == "app"]
+
+
+def test_the_profile_form_unlocks_only_after_the_stored_profile_is_filled_in():
+    # Typing before the fill arrived used to be overwritten by it (seen as a flaky browser test).
+    from webapp import build_app
+
+    demo = build_app()
+    ids = {"profile-specialty", "profile-years", "profile-save"}
+    widgets = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) in ids]
+    assert len(widgets) == 3 and not [w for w in widgets if w.interactive is not False]
+    by_id = demo.fns
+    unlocks = [fn for fn in by_id.values() if fn.api_name.startswith("enable_profile")]
+    fills = [fn for fn in by_id.values() if fn.api_name.startswith("show_profile")]
+    assert len(unlocks) == len(fills) >= 2  # after joining and after signing in again
+    for fn in unlocks:
+        assert by_id[fn.trigger_after].api_name.startswith("show_profile")
+        assert fn.trigger_only_on_success
+        assert {o.elem_id for o in fn.outputs} == ids
+    assert study_page.enable_profile() == tuple(gr.update(interactive=True) for _ in range(3))

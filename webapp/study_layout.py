@@ -67,11 +67,21 @@ def trial_box(w: dict) -> None:
         w["pause"] = gr.Button("Pause", size="sm", elem_id="study-pause")
     with gr.Accordion("Your profile (optional)", open=False, elem_id="study-profile"):
         with gr.Row():
-            w["specialty"] = gr.Textbox(label="Specialty", elem_id="profile-specialty")
-            w["years"] = gr.Number(
-                label="Years of experience", precision=0, minimum=0, elem_id="profile-years"
+            # Locked until the stored profile has been filled in (`study_page.enable_profile`):
+            # typing earlier would be overwritten by that fill.
+            w["specialty"] = gr.Textbox(
+                label="Specialty", elem_id="profile-specialty", interactive=False
             )
-        w["profile_save"] = gr.Button("Save profile", size="sm", elem_id="profile-save")
+            w["years"] = gr.Number(
+                label="Years of experience",
+                precision=0,
+                minimum=0,
+                elem_id="profile-years",
+                interactive=False,
+            )
+        w["profile_save"] = gr.Button(
+            "Save profile", size="sm", elem_id="profile-save", interactive=False
+        )
         w["profile_message"] = gr.Markdown(elem_id="profile-message")
 
 

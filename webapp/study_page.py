@@ -229,6 +229,11 @@ def show_profile(session: Session | None):
     return stored["specialty"] or "", stored["years_experience"], ""
 
 
+def enable_profile():
+    """Unlock the profile form once ``show_profile`` has filled it (chained after it)."""
+    return tuple(gr.update(interactive=True) for _ in range(3))
+
+
 def save_profile(session: Session | None, specialty: str | None, years: float | None) -> str:
     """Store the rater's optional profile; an empty years field leaves it as it was."""
     if not session:
@@ -281,12 +286,15 @@ def build(demo: gr.Blocks) -> None:
         **STUDY,
     )
     loaded.success(None, js=FORGET_PENDING_JS)
-    loaded.success(show_profile, w["session"], profile, **STUDY)  # when it signed in again
+    editable = [w["specialty"], w["years"], w["profile_save"]]
+    filled = loaded.success(show_profile, w["session"], profile, **STUDY)  # signed in again
+    filled.success(enable_profile, None, editable, queue=False, **PRIVATE)
     for trigger in (w["start"].click, w["code"].submit):
         joined = trigger(
             by_name(join_study), [w["code"], w["pending"]], view, js=JOINED_JS, **STUDY
         )
-        joined.success(show_profile, w["session"], profile, **STUDY)
+        filled = joined.success(show_profile, w["session"], profile, **STUDY)
+        filled.success(enable_profile, None, editable, queue=False, **PRIVATE)
         joined.success(None, js=FORGET_PENDING_JS)
     for name, choice in zip(ANSWERS[:4], study.CHOICES, strict=True):
         # The screen token is read when the button is pressed, before anything else runs.
