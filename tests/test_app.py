@@ -775,4 +775,8 @@ def test_the_profile_form_unlocks_only_after_the_stored_profile_is_filled_in():
         assert by_id[fn.trigger_after].api_name.startswith("show_profile")
         assert fn.trigger_only_on_success
         assert {o.elem_id for o in fn.outputs} == ids
-    assert study_page.enable_profile() == tuple(gr.update(interactive=True) for _ in range(3))
+    assert study_page.enable_profile(None) == (gr.skip(),) * 3  # a fresh page: still locked
+    session = object()  # any signed-in session
+    assert study_page.enable_profile(session) == tuple(
+        gr.update(interactive=True) for _ in range(3)
+    )

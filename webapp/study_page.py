@@ -229,9 +229,12 @@ def show_profile(session: Session | None):
     return stored["specialty"] or "", stored["years_experience"], ""
 
 
-def enable_profile():
-    """Unlock the profile form once ``show_profile`` has filled it (chained after it)."""
-    return tuple(gr.update(interactive=True) for _ in range(3))
+def enable_profile(session: Session | None):
+    """Unlock the profile form once ``show_profile`` has filled it (chained after it).
+
+    Without a session (a fresh page) it stays locked, so the fill after joining still comes first.
+    """
+    return tuple(gr.update(interactive=True) if session else gr.skip() for _ in range(3))
 
 
 def save_profile(session: Session | None, specialty: str | None, years: float | None) -> str:
@@ -288,13 +291,13 @@ def build(demo: gr.Blocks) -> None:
     loaded.success(None, js=FORGET_PENDING_JS)
     editable = [w["specialty"], w["years"], w["profile_save"]]
     filled = loaded.success(show_profile, w["session"], profile, **STUDY)  # signed in again
-    filled.success(enable_profile, None, editable, queue=False, **PRIVATE)
+    filled.success(enable_profile, w["session"], editable, queue=False, **PRIVATE)
     for trigger in (w["start"].click, w["code"].submit):
         joined = trigger(
             by_name(join_study), [w["code"], w["pending"]], view, js=JOINED_JS, **STUDY
         )
         filled = joined.success(show_profile, w["session"], profile, **STUDY)
-        filled.success(enable_profile, None, editable, queue=False, **PRIVATE)
+        filled.success(enable_profile, w["session"], editable, queue=False, **PRIVATE)
         joined.success(None, js=FORGET_PENDING_JS)
     for name, choice in zip(ANSWERS[:4], study.CHOICES, strict=True):
         # The screen token is read when the button is pressed, before anything else runs.
