@@ -61,6 +61,9 @@ class GlobalConfig:
     rewindow_frac: float = flag(
         0.0, "fraction of gray tiles first stretched to the full range (samples.rewindow)"
     )
+    rewindow_clip: float = flag(
+        1.0, "a rewindowed tile clips up to this many per cent of its pixels at each end"
+    )
     init_from: str | None = flag(
         None, "start from this weights file's global path (new feature inputs start at zero)"
     )
@@ -100,7 +103,9 @@ def sample_batch(tiles, config: GlobalConfig, rng: np.random.Generator):
         rewindowed = (
             config.rewindow_frac > 0 and is_gray(tile) and rng.random() < config.rewindow_frac
         )
-        low, clean, _ = crop_of_degraded_tile(tile, config.crop, preset, rng, rewindowed=rewindowed)
+        low, clean, _ = crop_of_degraded_tile(
+            tile, config.crop, preset, rng, rewindowed=rewindowed, clip=config.rewindow_clip
+        )
         lows.append(low)
         cleans.append(clean)
     return to_batch(lows), to_batch(cleans)
@@ -275,6 +280,7 @@ class GlobalRun:
             objective="global stage: L1 of the globally corrected crop; local path at zero",
             training=f"{config.clean_frac:g} clean, {config.mild_frac:g} mild, rest paper; "
             f"{config.rewindow_frac:g} of gray tiles rewindowed"
+            + ("" if config.rewindow_clip == 1.0 else f", clipping up to {config.rewindow_clip:g}%")
             + (
                 ""
                 if config.keep_start is None

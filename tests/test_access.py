@@ -629,7 +629,7 @@ def test_any_other_text_is_not_an_invite_code(arena, code):
 PUBLIC = {"enhance"}
 ENHANCE_PAGE = {"load_upload", "load_reference", "load_example", "method_choices"}
 NO_SESSION_NEEDED = {"restore_code", "results_intro", "enable_answers", "enable_profile"}
-NO_SESSION_NEEDED |= {"forget_me"}
+NO_SESSION_NEEDED |= {"forget_me", "lock_profile"}
 RATER = {"join_study", "vote_left", "vote_right", "vote_tie", "vote_both_bad", "pause"}
 RATER |= {"resume", "show_profile", "save_profile"}
 ADMIN = {"open_results", "refresh_studies", "show_results", "export_results", "close_selected"}

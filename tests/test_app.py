@@ -780,3 +780,21 @@ def test_the_profile_form_unlocks_only_after_the_stored_profile_is_filled_in():
     assert study_page.enable_profile(session) == tuple(
         gr.update(interactive=True) for _ in range(3)
     )
+
+
+def test_signing_out_empties_and_locks_the_profile_form_for_the_next_rater():
+    # Without this, a second rater joining in the same tab saw the first one's answers and
+    # could type into the form before their own stored profile overwrote it.
+    from webapp import build_app
+
+    demo = build_app()
+    ids = {"profile-specialty", "profile-years", "profile-save", "profile-message"}
+    locks = [fn for fn in demo.fns.values() if fn.api_name.startswith("lock_profile")]
+    assert len(locks) == 1
+    (lock,) = locks
+    assert demo.fns[lock.trigger_after].api_name.startswith("forget_me")
+    assert {o.elem_id for o in lock.outputs} == ids
+    specialty, years, save, message = study_page.lock_profile()
+    assert specialty == gr.update(value="", interactive=False)
+    assert years == gr.update(value=None, interactive=False)
+    assert save == gr.update(interactive=False) and message == ""

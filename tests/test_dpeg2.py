@@ -241,3 +241,19 @@ def test_keep_start_blocks_a_step_that_loses_a_group_to_step_0():
     assert not GlobalRun.eligible(run, {**better, "radiology/clean": 41.8})
     run.config.keep_start = None  # the plain worst-group rule
     assert GlobalRun.eligible(run, {**better, "radiology/clean": 30.0})
+
+
+def test_rewindow_clip_sets_how_many_pixels_a_window_clips_at_each_end():
+    from dpe.training.samples import rewindow
+
+    ramp = np.linspace(0.2, 0.5, 100 * 100, dtype=np.float32).reshape(100, 100, 1)
+    gray = np.repeat(ramp, 3, axis=2)
+    shares = []
+    for seed in range(40):
+        out = rewindow(gray, np.random.default_rng(seed), clip=5.0)[..., 0]
+        shares.append(((out == 1.0).mean(), (out == 0.0).mean()))
+    white, black = np.array(shares).T
+    assert white.max() <= 0.051 and black.max() <= 0.051
+    assert white.max() > 0.03 and black.max() > 0.03  # the default (1%) never clips this much
+    narrow = [rewindow(gray, np.random.default_rng(s))[..., 0] for s in range(40)]
+    assert max((o == 1.0).mean() for o in narrow) <= 0.011

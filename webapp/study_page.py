@@ -237,6 +237,16 @@ def enable_profile(session: Session | None):
     return tuple(gr.update(interactive=True) if session else gr.skip() for _ in range(3))
 
 
+def lock_profile():
+    """After signing out: empty the profile form and lock it again.
+
+    The next person to join on this device must not see the previous rater's answers, and the
+    form stays locked until their own stored profile has been filled in (``enable_profile``).
+    """
+    emptied = gr.update(value="", interactive=False), gr.update(value=None, interactive=False)
+    return *emptied, gr.update(interactive=False), ""
+
+
 def save_profile(session: Session | None, specialty: str | None, years: float | None) -> str:
     """Store the rater's optional profile; an empty years field leaves it as it was."""
     if not session:
@@ -313,5 +323,6 @@ def build(demo: gr.Blocks) -> None:
     w["pause"].click(by_name(pause), w["session"], view, js=LEFT_JS, **STUDY)
     w["fullscreen"].click(None, js="() => window.studyFullScreen()")
     w["resume"].click(by_name(resume), w["session"], view, js=JOINED_JS, **STUDY)
-    w["forget"].click(by_name(forget_me), None, view, js=LEFT_JS, **STUDY)
+    signed_out = w["forget"].click(by_name(forget_me), None, view, js=LEFT_JS, **STUDY)
+    signed_out.then(lock_profile, None, [*editable, w["profile_message"]], queue=False, **PRIVATE)
     w["profile_save"].click(save_profile, [w["session"], *profile[:2]], profile[2], **STUDY)

@@ -110,34 +110,42 @@ def draw_preset(
     return "mild" if u < clean_frac + mild_frac else preset
 
 
-def rewindow(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def rewindow(image: np.ndarray, rng: np.random.Generator, clip: float = 1.0) -> np.ndarray:
     """The tile as a display would show it whole: its luminance stretched to the full range.
 
     A tile cut from a larger image often spans a narrow band of gray levels, while the images
     people open (a windowed CT slice, an MR series, a photograph) span nearly all of them. This
-    is ``autocontrast`` with drawn percentiles: the ``a``-th and ``b``-th (``a`` in [0, 1], ``b``
-    in [99, 100]) go to 0 and 1, one gain and offset for every channel (gray stays gray), and
-    what falls outside is clipped, as a display window clips.
+    is ``autocontrast`` with drawn percentiles: the ``a``-th and ``b``-th (``a`` in [0, clip],
+    ``b`` in [100 - clip, 100]) go to 0 and 1, one gain and offset for every channel (gray stays
+    gray), and what falls outside is clipped, as a display window clips. A viewer's window on an
+    MR slice leaves a few per cent at white (0.5-4% on the held-out slices); ``clip`` sets how
+    many per cent at most.
     """
     from dpe.methods.classic import autocontrast
 
-    return autocontrast(image, low=rng.uniform(0.0, 1.0), high=rng.uniform(99.0, 100.0))
+    return autocontrast(image, low=rng.uniform(0.0, clip), high=rng.uniform(100.0 - clip, 100.0))
 
 
 def crop_of_degraded_tile(
-    tile: np.ndarray, crop: int, preset: str | None, rng, *, rewindowed: bool = False
+    tile: np.ndarray,
+    crop: int,
+    preset: str | None,
+    rng,
+    *,
+    rewindowed: bool = False,
+    clip: float = 1.0,
 ):
     """DPE-G v2: degrade the whole tile (as a real acquisition is), then crop low and clean.
 
     The whole degraded tile is returned too: the model reads its global correction from the
     whole image at inference, so training does the same. ``rewindowed``: the clean tile is
-    first stretched to the full range (:func:`rewindow`).
+    first stretched to the full range (:func:`rewindow`, clipping up to ``clip`` per cent).
     """
     image = tile.astype(np.float32) / 255
     image = np.rot90(image, k=int(rng.integers(4)))
     image = np.ascontiguousarray(image[:, ::-1] if rng.random() < 0.5 else image)
     if rewindowed:
-        image = rewindow(image, rng)
+        image = rewindow(image, rng, clip)
     if min(image.shape[:2]) < crop:
         image = resize(image, crop)
     whole = image if preset is None else degrade(image, preset, rng)
