@@ -15,9 +15,16 @@ source in ``dpe/data.py`` reads. ``build`` writes 8-bit grayscale PNGs in three 
   ``mr-brain.dcm`` decodes to an offset, noisy array and is left out), the coronal T1 slice of
   the ``dipy`` wheel (``dipy/data/files/t1_coronal_slice.npy``, 256²) and 3 slices (one per
   axis) of the MNI152 2009a T1 template in the ``nilearn`` wheel, centre-cropped to 176²;
+- ``mri-raw``: the same five MR slices as their packages store them, not windowed: the guiqwt
+  PNG as it is (its brain reaches 0.51 at the 99.5th percentile), the dipy slice's own values
+  (already 0-1, one bright outlier: 99.5% at 0.85) and the MNI slices over 255 (the template is
+  stored 0-255; its top at 0.88-0.94). A clean image that does not reach white is common (an
+  export scaled to a volume's maximum, an 8-bit PNG from a viewer) and is the opposite case to
+  ``mri``: an enhancer that always stretches to white is right on one and wrong on the other;
 - ``fundus``: scikit-image's ``microaneurysms.png`` (102², gray), upscaled 2x.
 
-Each is windowed to [0, 1] from its own percentiles, as ``dpe.data`` does for raw intensities.
+Each image but ``mri-raw``'s is windowed to [0, 1] from its own percentiles, as ``dpe.data``
+does for raw intensities.
 ``--downloads`` is a folder where the three packages were unpacked (the script says how to get
 them when a file is missing); nothing is fetched at run time. No fluorescence image outside the
 data build was found in a registry package (``stardist``'s ``img3d.tif`` is 31x61x57).
@@ -78,10 +85,12 @@ def build(downloads: Path, out: Path) -> int:
 
     mr = np.asarray(Image.open(downloads / FILES["guiqwt_brain"]).convert("L"), dtype=np.float64)
     save(window(mr, *np.percentile(mr, [0.5, 99.5])), out / "mri" / "guiqwt_brain.png")
-    n += 1
+    save(mr / 255, out / "mri-raw" / "guiqwt_brain.png")
+    n += 2
     t1 = np.load(downloads / FILES["dipy_t1"])
     save(window(t1, *np.percentile(t1, [0.5, 99.5])), out / "mri" / "dipy_t1_coronal.png")
-    n += 1
+    save(np.clip(t1, 0.0, 1.0), out / "mri-raw" / "dipy_t1_coronal.png")
+    n += 2
     mni = np.asarray(nibabel.load(downloads / FILES["mni_t1"]).dataobj, dtype=np.float64)
     lo, hi = np.percentile(mni, [0.5, 99.5])
     cx, cy, cz = (s // 2 for s in mni.shape)
@@ -90,8 +99,10 @@ def build(downloads: Path, out: Path) -> int:
         sl = sl[::-1]  # superior / anterior up
         h, w = sl.shape
         r, c = max(0, (h - 176) // 2), max(0, (w - 176) // 2)
-        save(window(sl[r : r + 176, c : c + 176], lo, hi), out / "mri" / f"mni_t1_{name}.png")
-        n += 1
+        sl = sl[r : r + 176, c : c + 176]
+        save(window(sl, lo, hi), out / "mri" / f"mni_t1_{name}.png")
+        save(sl / 255, out / "mri-raw" / f"mni_t1_{name}.png")  # stored 0-255
+        n += 2
 
     ma = skimage.io.imread(Path(skimage.data.__file__).parent / "microaneurysms.png")
     save(ma / 255.0, out / "fundus" / "microaneurysms.png", scale=2)

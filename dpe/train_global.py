@@ -21,6 +21,7 @@ The local path is trained afterwards with ``python -m dpe.train --arch dpeg2 --i
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import sys
@@ -36,7 +37,14 @@ from dpe._image import is_gray
 from dpe.datasets import degraded_twin, find_images
 from dpe.nets import build_net
 from dpe.training.cli import config_parser, flag
-from dpe.training.runtime import Stop, atomic_save, data_summary, export_weights, hardware
+from dpe.training.runtime import (
+    Stop,
+    atomic_save,
+    data_summary,
+    export_weights,
+    hardware,
+    update_ema,
+)
 from dpe.training.samples import (
     crop_of_degraded_tile,
     draw_preset,
@@ -74,6 +82,9 @@ class GlobalConfig:
         None,
         "export only steps that score no more than this many dB below step 0 on every val "
         "group (with --init-from: never worse than the model it started from)",
+    )
+    ema: float = flag(
+        0.0, "validate and export a moving average of the weights, this decay (0: off)"
     )
     lr: float = flag(2e-3, "Adam lr")
     cosine: bool = flag(False, "decay lr to 10% over this invocation's --minutes (cosine)")
@@ -197,8 +208,13 @@ class GlobalRun:
         self.step, self.wall, self.best, self.best_step, self.history = 0, 0.0, -math.inf, 0, []
         if state is None and config.init_from:
             init_global_path(self.model, config.init_from)
+        if not 0.0 <= config.ema < 1.0:
+            raise ValueError(f"ema must be in [0, 1); got {config.ema}.")
+        self.ema = copy.deepcopy(self.model).requires_grad_(False) if config.ema else None
         if state is not None:
             self.model.load_state_dict(state["model"])
+            if self.ema is not None:
+                self.ema.load_state_dict(state.get("ema") or state["model"])
             self.opt.load_state_dict(state["opt"])
             self.set_lr(config.lr)  # the lr asked for now, not the one saved
             self.rng.bit_generator.state = state["rng"]
@@ -219,6 +235,7 @@ class GlobalRun:
     def save(self) -> None:
         state = {
             "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "opt": self.opt.state_dict(),
             "rng": self.rng.bit_generator.state,
             "config": asdict(self.config),
@@ -238,6 +255,8 @@ class GlobalRun:
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
+        if self.ema is not None:
+            update_ema(self.ema, self.model, config.ema)
         self.step += 1
 
     def eligible(self, scores: dict[str, float]) -> bool:
@@ -250,7 +269,8 @@ class GlobalRun:
 
     def evaluate(self) -> None:
         """Score every group; export the model when its worst group is the best so far."""
-        scores = validate(self.model, self.val)
+        scored = self.ema if self.ema is not None else self.model  # with --ema, the average
+        scores = validate(scored, self.val)
         worst, mean = min(scores.values()), float(np.mean(list(scores.values())))
         eligible = self.eligible(scores)
         self.history.append(
@@ -258,7 +278,7 @@ class GlobalRun:
         )
         if eligible and worst > self.best:
             self.best, self.best_step = worst, self.step
-            export_weights(self.model, self.out_file, **self.metadata(worst, mean, scores))
+            export_weights(scored, self.out_file, **self.metadata(worst, mean, scores))
         print(
             f"step {self.step}: worst {worst:.2f} dB ({min(scores, key=scores.get)}), mean "
             f"{mean:.2f}; best {self.best:.2f} at {self.best_step}"
@@ -285,7 +305,8 @@ class GlobalRun:
                 ""
                 if config.keep_start is None
                 else f"; exported only within {config.keep_start:g} dB of step 0 on every val group"
-            ),
+            )
+            + (f"; weights averaged (EMA, decay {config.ema:g})" if config.ema else ""),
             crop=config.crop,
             batch_size=config.batch_size,
             lr=config.lr,

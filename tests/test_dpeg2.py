@@ -257,3 +257,50 @@ def test_rewindow_clip_sets_how_many_pixels_a_window_clips_at_each_end():
     assert white.max() > 0.03 and black.max() > 0.03  # the default (1%) never clips this much
     narrow = [rewindow(gray, np.random.default_rng(s))[..., 0] for s in range(40)]
     assert max((o == 1.0).mean() for o in narrow) <= 0.011
+
+
+def test_ema_is_what_is_validated_exported_and_resumed(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from dpe import train_global
+    from dpe.weights import load_weights
+
+    rng = np.random.default_rng(1)
+    for split, n in (("train", 4), ("val", 1)):
+        folder = tmp_path / "data" / split / "radiology"
+        folder.mkdir(parents=True)
+        for k in range(n):
+            img = (rng.random((48, 48, 3)) * 200 + 40).astype(np.uint8)
+            Image.fromarray(img).save(folder / f"radiology_{k}.png")
+    (tmp_path / "data" / "manifest.csv").write_text("path,source\n")
+    monkeypatch.setattr(train_global, "load_tiles", lambda folder, by_source: _tiles(folder))
+    config = train_global.GlobalConfig(
+        data=str(tmp_path / "data"),
+        width=8,
+        crop=32,
+        batch_size=4,
+        steps=6,
+        eval_every=3,
+        ema=0.5,
+        lr=1e-2,
+        out_dir=str(tmp_path / "out"),
+        checkpoint_dir=str(tmp_path / "ck"),
+    )
+    run = train_global.GlobalRun(config)
+    start = {k: v.clone() for k, v in run.model.glob.state_dict().items()}
+    for _ in range(3):
+        run.take_step()
+    model, ema = run.model.glob.state_dict(), run.ema.glob.state_dict()
+    key = next(k for k in model if k.endswith("weight"))
+    # decay 0.5 over three steps: the average sits strictly between the start and the model
+    assert not torch.equal(ema[key], model[key]) and not torch.equal(ema[key], start[key])
+    run.best = -float("inf")
+    run.evaluate()
+    state, _, info = load_weights(tmp_path / "out" / "dpe-g.safetensors")
+    exported = state["glob." + key].float()
+    assert torch.allclose(exported, ema[key], atol=1e-3)  # fp16 file
+    assert "EMA" in info["training"]
+    run.save()
+    config.resume = True
+    again = train_global.GlobalRun(config)
+    assert torch.equal(again.ema.glob.state_dict()[key], ema[key])
