@@ -442,13 +442,14 @@ def test_rater_fills_in_the_optional_profile(browser, server):
     expect(years).to_have_value("11")
     page.click("#study-pause")
     page.click("#study-forget")  # signed out; the next person on this device joins
-    page.fill("#invite-code input, #invite-code textarea", server["code"])
+    third = study.invite_rater(common.db(), server["study"], "Dr C", specialty="dermatology")
+    page.fill("#invite-code input, #invite-code textarea", third.code)
     page.click("#study-start")
     expect(page.locator("#vote-a")).to_be_enabled()
     page.get_by_text("Your profile (optional)").click()
-    expect(specialty).to_have_value("radiology")  # Dr A's own, not Dr B's
+    expect(specialty).to_have_value("dermatology")  # Dr C's own, not Dr B's
     expect(years).to_have_value("")
-    expect(specialty).to_be_editable()  # unlocked again once Dr A's profile was filled in
+    expect(specialty).to_be_editable()  # unlocked again once Dr C's profile was filled in
     no_error_popup(page)
     context.close()
 
