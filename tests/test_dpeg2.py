@@ -54,21 +54,11 @@ def test_mild_preset_is_gentler_than_paper():
 
 @pytest.mark.slow
 def test_global_stage_learns_exports_and_resumes(tmp_path, monkeypatch):
-    from PIL import Image
 
     from dpe import train_global
     from dpe.weights import load_weights
 
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 6), ("val", 2)):
-        for group in ("radiology", "microscopy"):
-            folder = tmp_path / "data" / split / group
-            folder.mkdir(parents=True)
-            for k in range(n):
-                img = (rng.random((64, 64, 3)) * 200 + 40).astype(np.uint8)
-                Image.fromarray(img).save(folder / f"{group}_{k}.png")
-    (tmp_path / "data" / "manifest.csv").write_text("path,source\n")  # one source per group
-    monkeypatch.setattr(train_global, "load_tiles", lambda folder, by_source: _tiles(folder))
+    _tiny_data(tmp_path, monkeypatch, ("radiology", "microscopy"), (6, 2), side=64, seed=0)
     config = train_global.GlobalConfig(
         data=str(tmp_path / "data"),
         width=8,
@@ -95,6 +85,24 @@ def _tiles(folder):
     from dpe.train import load_tiles
 
     return load_tiles(folder, by_source=False)
+
+
+def _tiny_data(tmp_path, monkeypatch, groups, counts, *, side, seed):
+    """Random train/val PNGs under tmp_path/data, one source per group, for train_global."""
+    from PIL import Image
+
+    from dpe import train_global
+
+    rng = np.random.default_rng(seed)
+    for split, n in zip(("train", "val"), counts, strict=True):
+        for group in groups:
+            folder = tmp_path / "data" / split / group
+            folder.mkdir(parents=True)
+            for k in range(n):
+                img = (rng.random((side, side, 3)) * 200 + 40).astype(np.uint8)
+                Image.fromarray(img).save(folder / f"{group}_{k}.png")
+    (tmp_path / "data" / "manifest.csv").write_text("path,source\n")  # one source per group
+    monkeypatch.setattr(train_global, "load_tiles", lambda folder, by_source: _tiles(folder))
 
 
 def test_feature_versions_build_and_start_as_the_identity():
@@ -260,20 +268,11 @@ def test_rewindow_clip_sets_how_many_pixels_a_window_clips_at_each_end():
 
 
 def test_ema_is_what_is_validated_exported_and_resumed(tmp_path, monkeypatch):
-    from PIL import Image
 
     from dpe import train_global
     from dpe.weights import load_weights
 
-    rng = np.random.default_rng(1)
-    for split, n in (("train", 4), ("val", 1)):
-        folder = tmp_path / "data" / split / "radiology"
-        folder.mkdir(parents=True)
-        for k in range(n):
-            img = (rng.random((48, 48, 3)) * 200 + 40).astype(np.uint8)
-            Image.fromarray(img).save(folder / f"radiology_{k}.png")
-    (tmp_path / "data" / "manifest.csv").write_text("path,source\n")
-    monkeypatch.setattr(train_global, "load_tiles", lambda folder, by_source: _tiles(folder))
+    _tiny_data(tmp_path, monkeypatch, ("radiology",), (4, 1), side=48, seed=1)
     config = train_global.GlobalConfig(
         data=str(tmp_path / "data"),
         width=8,

@@ -300,14 +300,18 @@ def build(demo: gr.Blocks) -> None:
     )
     loaded.success(None, js=FORGET_PENDING_JS)
     editable = [w["specialty"], w["years"], w["profile_save"]]
-    filled = loaded.success(show_profile, w["session"], profile, **STUDY)  # signed in again
-    filled.success(enable_profile, w["session"], editable, queue=False, **PRIVATE)
+
+    def fill_profile(signed_in) -> None:
+        """Fill the profile form from the database, then unlock it (never the other way)."""
+        filled = signed_in.success(show_profile, w["session"], profile, **STUDY)
+        filled.success(enable_profile, w["session"], editable, queue=False, **PRIVATE)
+
+    fill_profile(loaded)  # the tab was signed in already
     for trigger in (w["start"].click, w["code"].submit):
         joined = trigger(
             by_name(join_study), [w["code"], w["pending"]], view, js=JOINED_JS, **STUDY
         )
-        filled = joined.success(show_profile, w["session"], profile, **STUDY)
-        filled.success(enable_profile, w["session"], editable, queue=False, **PRIVATE)
+        fill_profile(joined)
         joined.success(None, js=FORGET_PENDING_JS)
     for name, choice in zip(ANSWERS[:4], study.CHOICES, strict=True):
         # The screen token is read when the button is pressed, before anything else runs.
