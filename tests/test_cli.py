@@ -199,6 +199,21 @@ def test_methods_lists_weights_state():
     assert expected in lines["dpe"]
 
 
+def test_classic_methods_and_the_method_list_start_without_torch(tmp_path):
+    # torch is imported when a deep method is built, not by `import dpe` or the registry.
+    code = (
+        "import sys; from dpe.__main__ import main; "
+        f"a = main(['enhance', {str(EXAMPLES / 'radiology' / 'tibia_xray.dcm')!r}, "
+        f"'--method', 'clahe', '--quiet', '--out', {str(tmp_path)!r}]); "
+        "b = main(['methods']); print(a, b, 'torch' in sys.modules); "
+        "import dpe; dpe.get_method('dpe-s'); print('torch' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.stdout.split()[-4:] == ["0", "0", "False", "True"], result.stderr
+
+
 @pytest.mark.slow
 def test_installed_package_imports_from_any_folder(tmp_path):
     """What `pip install -e .` relies on: pyproject.toml names the project and its packages."""

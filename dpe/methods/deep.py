@@ -11,14 +11,19 @@ import functools
 import logging
 import os
 import threading
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
 from dpe.methods import register_method
-from dpe.nets import build_net
-from dpe.weights import load_weights, resolve_weights
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+# torch, the networks and the weights loader are imported when a deep method is first built,
+# so the classic methods (``python -m dpe enhance --method clahe``, ``python -m dpe methods``)
+# start without loading torch (about 2.5 s on the 2-core development machine).
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +88,8 @@ class TorchMethod:
     """A registry method backed by a torch network (weights resolved by name)."""
 
     def __init__(self, name: str, label: str, net: nn.Module):
+        import torch
+
         self.name = name
         self.label = label
         self.net = net.eval().to(memory_format=torch.channels_last)
@@ -92,6 +99,8 @@ class TorchMethod:
     def from_weights(cls, name: str, weights: str | None = None) -> TorchMethod:
         """The registered method ``name`` (its label from the registry) with its weights."""
         from dpe.methods import method_info
+        from dpe.nets import build_net
+        from dpe.weights import load_weights, resolve_weights
 
         state, config, _ = load_weights(resolve_weights(weights or name))
         net = build_net(config)
@@ -104,20 +113,24 @@ class TorchMethod:
         return self
 
     def _tensor(self, image: np.ndarray) -> torch.Tensor:
+        import torch
+
         x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]  # (1, 3, H, W)
         device = next(self.net.parameters()).device
         return x.to(device).contiguous(memory_format=torch.channels_last)
 
-    @torch.inference_mode()
     def _forward(self, image: np.ndarray, **kwargs) -> np.ndarray:
+        import torch
+
         threads = _cores()
         if torch.get_num_threads() != threads:
             # Set on the first run and then left alone, unless something changed the
             # process-wide count (OMP_NUM_THREADS, another model, a training loop): the same
             # thread count gives the same floats, so the same output bytes.
             torch.set_num_threads(threads)
-        y = self.net(self._tensor(image), **kwargs)[0].permute(1, 2, 0)  # (H, W, 3)
-        return y.float().clamp_(0, 1).cpu().numpy().astype(np.float32, copy=False)
+        with torch.inference_mode():
+            y = self.net(self._tensor(image), **kwargs)[0].permute(1, 2, 0)  # (H, W, 3)
+            return y.float().clamp_(0, 1).cpu().numpy().astype(np.float32, copy=False)
 
     def enhance(self, image: np.ndarray, *, tile: int | None = None, **options) -> np.ndarray:
         """Enhance a float32 (H, W, 3) image; tiles above ``TILE_ABOVE_MP`` megapixels."""
@@ -134,6 +147,8 @@ class TorchMethod:
                 padded = np.pad(image, ((0, (-h) % m), (0, (-w) % m), (0, 0)), mode="reflect")
                 forward = self._forward
                 if hasattr(self.net, "global_params"):
+                    import torch
+
                     # DPE-G: the global correction is read once from the whole image and
                     # shared by every tile, so tiles cannot disagree on brightness
                     with torch.inference_mode():
