@@ -159,6 +159,11 @@ class TrainConfig:
     beta1: float | None = flag(None, _adam_help(1, "beta1"))
     beta2: float | None = flag(None, _adam_help(2, "beta2"))
     warmup_steps: int = flag(0, "linear learning-rate warm-up steps")  # the paper uses none
+    decay_steps: int = flag(
+        0, "cosine-decay the lr to --lr-min over this many steps from --decay-start (0: constant)"
+    )
+    decay_start: int = flag(0, "the step the cosine decay starts at (e.g. the step resumed from)")
+    lr_min: float = flag(1e-5, "the lr at the end of the cosine decay, and after it")
     # budget: stop at whichever comes first (neither: run until SIGTERM)
     steps: int | None = flag(None, "stop when the total step count reaches this")
     minutes: float | None = flag(None, "stop after this many minutes of this invocation")
@@ -195,6 +200,8 @@ class TrainConfig:
             raise ValueError(f"select must be one of {SELECT}; got {self.select!r}.")
         if self.balance not in BALANCE:
             raise ValueError(f"balance must be one of {BALANCE}; got {self.balance!r}.")
+        if self.decay_steps < 0 or self.decay_start < 0 or self.lr_min < 0:
+            raise ValueError("decay_steps, decay_start and lr_min must be >= 0.")
         if self.batch_size < 1 or self.eval_every < 1:
             raise ValueError("batch_size and eval_every must be at least 1.")
         self.objective()  # raises if every term is off
@@ -233,10 +240,16 @@ OLD_CHECKPOINT_DEFAULTS = {"arch": "dpenet", "decom_steps": 0, "select": "mean"}
 
 
 def get_lr(step: int, config: TrainConfig) -> float:
-    """Learning rate at ``step``: constant, as in the papers, after an optional linear warm-up."""
+    """Learning rate at ``step``: constant, as in the papers, after an optional linear warm-up;
+    with ``decay_steps``, a cosine from the lr down to ``lr_min`` over steps ``decay_start`` to
+    ``decay_start + decay_steps``, then ``lr_min`` (a function of the step alone, so a resumed
+    run continues the same curve)."""
     lr = config.adam()[0]
     if step < config.warmup_steps:
         return lr * (step + 1) / config.warmup_steps
+    if config.decay_steps and step >= config.decay_start:
+        t = min((step - config.decay_start) / config.decay_steps, 1.0)
+        return config.lr_min + (lr - config.lr_min) * 0.5 * (1.0 + math.cos(math.pi * t))
     return lr
 
 
@@ -446,6 +459,10 @@ class Run:
         lr, *betas = config.adam()
         who = f"[process {procs.rank} of {procs.world}] " if procs.world > 1 else ""
         ema = f"; validated and exported: EMA of the weights, decay {config.ema:g}"
+        decay = (
+            f" (cosine to {config.lr_min:g} over steps {config.decay_start}-"
+            f"{config.decay_start + config.decay_steps})"
+        )
         sources = f" {info['sources']}" if "sources" in info else ""
         split = f"; {procs.world} processes, {config.batch_size // procs.world} samples each"
         return (
@@ -453,7 +470,8 @@ class Run:
             f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params; "
             f"from {self.init_note}\n"
             f"  objective: {config.describe_loss()}\n"
-            f"  Adam: lr {lr:g}, betas {tuple(betas)}{ema if config.ema else ''}\n"
+            f"  Adam: lr {lr:g}{decay if config.decay_steps else ''}, betas {tuple(betas)}"
+            f"{ema if config.ema else ''}\n"
             f"  data: {info['train_tiles']} train tiles, {len(self.val.low)} val images "
             f"(degraded input {self.val.input_psnr:.2f} dB); crop {config.crop}, "
             f"whole {config.whole_frac}, balanced per {config.balance}{sources}, "
@@ -564,6 +582,12 @@ class Run:
         if self.ema is not None:
             info["ema"] = config.ema
         info.update(batch_size=config.batch_size, lr=config.adam()[0])
+        if config.decay_steps:
+            info["lr_schedule"] = (
+                f"cosine to {config.lr_min:g} over steps {config.decay_start}-"
+                f"{config.decay_start + config.decay_steps}; lr at this step "
+                f"{get_lr(self.step, config):.3g}"
+            )
         if procs.world > 1:
             info.update(
                 processes=procs.world,

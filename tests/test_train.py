@@ -18,7 +18,15 @@ from dpe.nets import build_net
 from dpe.nets.discriminator import Discriminator
 from dpe.nets.dpenet import DPENet
 from dpe.nets.vgg import VGG19Features, conv_names, load_vgg19_state, weights_file
-from dpe.train import TrainConfig, export_weights, get_stage, main, sample_patch, train_step
+from dpe.train import (
+    TrainConfig,
+    export_weights,
+    get_lr,
+    get_stage,
+    main,
+    sample_patch,
+    train_step,
+)
 from dpe.weights import load_weights
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -248,6 +256,21 @@ def test_arch_selects_its_papers_loss_and_optimiser():
         TrainConfig(arch="unet")
     with pytest.raises(ValueError, match="dpenet only"):
         TrainConfig(arch="dran", pixel=False)
+
+
+def test_lr_is_constant_by_default_and_cosine_decays_from_the_given_step():
+    constant = TrainConfig(lr=2e-4)
+    assert {get_lr(s, constant) for s in (0, 10, 10_000)} == {2e-4}
+    decay = TrainConfig(lr=2e-4, decay_steps=100, decay_start=50, lr_min=1e-5)
+    lrs = [get_lr(s, decay) for s in range(0, 200)]
+    assert lrs[:51] == [2e-4] * 51  # untouched up to and at the start
+    assert lrs[100] == pytest.approx((2e-4 + 1e-5) / 2)  # halfway down a cosine
+    assert all(a >= b for a, b in zip(lrs[50:], lrs[51:], strict=False))
+    assert lrs[150:] == [pytest.approx(1e-5)] * 50  # at the floor, and it stays there
+    warm = TrainConfig(lr=1e-3, warmup_steps=4, decay_steps=10)
+    assert get_lr(1, warm) == pytest.approx(5e-4) and get_lr(4, warm) < 1e-3
+    with pytest.raises(ValueError, match="decay_steps"):
+        TrainConfig(decay_steps=-1)
 
 
 def _baseline_args(root, arch, *extra):
