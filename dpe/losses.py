@@ -92,8 +92,9 @@ def discriminator_loss(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """BCE of the discriminator on clean images (label ~1) and enhanced ones (label ~0)."""
-    real = smoothed_labels(clean.shape[0], REAL_LABEL, generator)
-    fake = smoothed_labels(enhanced.shape[0], FAKE_LABEL, generator)
+    # drawn on the CPU (``generator`` is a CPU stream, the same numbers on any device)
+    real = smoothed_labels(clean.shape[0], REAL_LABEL, generator).to(clean.device)
+    fake = smoothed_labels(enhanced.shape[0], FAKE_LABEL, generator).to(enhanced.device)
     # BCE on logits is BCE on the sigmoid output, without its overflow at saturation
     return F.binary_cross_entropy_with_logits(
         disc.logits(clean), real

@@ -77,14 +77,15 @@ from dpe.training.samples import (
     load_tiles,
     load_validation,
     sample_patch,
+    step_loader,
     validate,
 )
 
 __all__ = [
     "ADAM", "Processes", "TrainConfig", "ValidationSet", "crop_of_degraded_tile",
     "draw_preset", "draw_tile", "export_weights", "get_lr", "get_stage", "load_tiles",
-    "load_validation", "main", "make_losses", "sample_batch", "sample_patch", "train",
-    "train_step", "update_ema", "validate",
+    "load_validation", "main", "make_losses", "resolve_device", "sample_batch", "sample_patch",
+    "step_loader", "train", "train_step", "update_ema", "validate",
 ]  # fmt: skip
 
 BALANCE = ("group", "source")
@@ -175,6 +176,15 @@ class TrainConfig:
     log_every: int = flag(10, "a log line every N steps when stderr is not a terminal")
     seed: int = flag(0, "seeds the data order, the init and the validation degradation")
     threads: int = flag(0, "torch threads (0: every core)")
+    loader_workers: int = flag(
+        0,
+        "processes that draw and degrade batches ahead of the training step (0: the training "
+        "process draws them itself, from the run's own stream); N > 0 seeds each step's batch "
+        "by (seed, step), so N does not change the batches",
+    )
+    device: str = flag(
+        "cpu", "where the networks train: cpu, cuda, cuda:N, or auto (cuda when torch sees one)"
+    )
     checkpoint_dir: str = flag("checkpoints", "where NAME.pt is written")
     out_dir: str = flag("weights", "where NAME.safetensors is written")
     resume: bool = flag(False, "continue from checkpoints/NAME.pt if it exists (else start anew)")
@@ -202,6 +212,10 @@ class TrainConfig:
             raise ValueError(f"balance must be one of {BALANCE}; got {self.balance!r}.")
         if self.decay_steps < 0 or self.decay_start < 0 or self.lr_min < 0:
             raise ValueError("decay_steps, decay_start and lr_min must be >= 0.")
+        if self.device != "auto" and self.device.split(":")[0] not in ("cpu", "cuda"):
+            raise ValueError(f"device must be cpu, cuda, cuda:N or auto; got {self.device!r}.")
+        if self.loader_workers < 0:
+            raise ValueError(f"loader_workers must be >= 0; got {self.loader_workers}.")
         if self.batch_size < 1 or self.eval_every < 1:
             raise ValueError("batch_size and eval_every must be at least 1.")
         self.objective()  # raises if every term is off
@@ -328,6 +342,26 @@ def train_step(
 # the run
 
 
+def resolve_device(name: str, procs: Processes | None = None) -> torch.device:
+    """The torch device ``--device`` names ("auto": CUDA when torch sees a GPU, else the CPU).
+    One process per run on a GPU: the multi-process path averages gradients over gloo, on the
+    CPU."""
+    if name == "auto":
+        multi = procs is not None and procs.world > 1
+        name = "cuda" if torch.cuda.is_available() and not multi else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: torch {torch.__version__} sees no CUDA device.")
+        if procs is not None and procs.world > 1:
+            raise ValueError(
+                f"--device {name} trains in one process; this launch has {procs.world} "
+                "(their gradients are averaged on the CPU). Run python -m dpe.train instead."
+            )
+        torch.backends.cudnn.benchmark = True  # fixed patch sizes: let cuDNN pick its kernels
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    return torch.device(name)
+
+
 def checkpoint_path(config: TrainConfig) -> Path:
     return Path(config.checkpoint_dir) / f"{config.name}.pt"
 
@@ -386,6 +420,8 @@ class Run:
     def __init__(self, config: TrainConfig, procs: Processes, command: str = ""):
         self.config, self.procs, self.command = config, procs, command
         self.recipe = config.recipe
+        self.device = resolve_device(config.device, procs)
+        self.loader = None  # with --loader-workers: the iterator of prepared batches
         self.ckpt_file = checkpoint_path(config)
         self.step, self.wall_time, self.best, self.best_step = 0, 0.0, -math.inf, 0
         self.history: list = []
@@ -414,7 +450,7 @@ class Run:
             config.width = self.model.config.width
         else:
             self.model = self.recipe.new_model(config)
-        self.model.train()
+        self.model.to(self.device).train()
         self.ema = None  # the averaged copy that is validated and exported, with --ema
         if config.ema:
             self.ema = copy.deepcopy(self.model).requires_grad_(False)
@@ -425,11 +461,11 @@ class Run:
         if config.adversarial:
             disc_config = (checkpoint or {}).get("disc_config") or {}
             self.disc = Discriminator(DiscriminatorConfig(**disc_config))
-            self.disc.train()
+            self.disc.to(self.device).train()
             self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=lr, betas=tuple(betas))
         if checkpoint is not None:
-            self.restore(checkpoint)
-        self.losses = self.recipe.losses(config)
+            self.restore(checkpoint)  # Adam's state follows its parameters' device
+        self.losses = {k: v.to(self.device) for k, v in self.recipe.losses(config).items()}
 
     def restore(self, checkpoint: dict) -> None:
         if self.ema is not None and checkpoint.get("ema") is not None:
@@ -475,7 +511,7 @@ class Run:
             f"  data: {info['train_tiles']} train tiles, {len(self.val.low)} val images "
             f"(degraded input {self.val.input_psnr:.2f} dB); crop {config.crop}, "
             f"whole {config.whole_frac}, balanced per {config.balance}{sources}, "
-            f"batch {config.batch_size}; {torch.get_num_threads()} threads"
+            f"batch {config.batch_size}; {torch.get_num_threads()} threads; on {self.device}"
             f"{split if procs.world > 1 else ''}"
         )
 
@@ -489,10 +525,27 @@ class Run:
     def take_step(self) -> dict[str, float]:
         """Draw a batch (this process's part of it) and take one optimisation step."""
         config, procs = self.config, self.procs
-        low, clean, wholes = self.recipe.batch(self.tiles, config, self.rng)
+        if config.loader_workers:
+            if self.loader is None:  # started here, at the step the run is at
+                self.loader = iter(
+                    step_loader(
+                        self.tiles,
+                        config,
+                        self.recipe.batch,
+                        self.step,
+                        config.loader_workers,
+                        pin_memory=self.device.type == "cuda",
+                    )
+                )
+            low, clean, wholes = next(self.loader)
+        else:
+            low, clean, wholes = self.recipe.batch(self.tiles, config, self.rng)
         if procs.world > 1:  # every process drew the global batch; each trains on its part
             part = procs.part(config.batch_size)
             low, clean, wholes = low[part], clean[part], wholes[part]
+        if self.device.type != "cpu":
+            low, clean = low.to(self.device), clean.to(self.device)
+            wholes = [w.to(self.device) for w in wholes]
         stats = train_step(
             self.model,
             self.disc,
@@ -594,7 +647,7 @@ class Run:
                 effective_batch=config.batch_size,
                 per_process_batch=config.batch_size // procs.world,
             )
-        info["hardware"] = hardware()
+        info["hardware"] = hardware(str(self.device))
         if self.init_info:
             info["init_from"] = self.init_info
         info.update(
@@ -631,6 +684,7 @@ class Run:
         finally:
             self.save_checkpoint()
             self.progress.bar.close()
+            self.loader = None  # its worker processes end with it
 
 
 def train(config: TrainConfig, *, command: str = "") -> dict:

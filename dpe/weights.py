@@ -64,11 +64,10 @@ def resolve_weights(name: str) -> Path:
 
 def save_weights(state_dict: dict, path: str | os.PathLike, config: dict, **info) -> None:
     """Write ``state_dict`` as fp16 safetensors with ``config`` (and ``info``) as metadata."""
-    import torch
     from safetensors.torch import save_file
 
     tensors = {
-        k: (v.detach().to(torch.float16) if v.is_floating_point() else v.detach()).contiguous()
+        k: (v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu()).contiguous()
         for k, v in state_dict.items()
     }
     metadata = {"config": json.dumps(config), **{k: json.dumps(v) for k, v in info.items()}}

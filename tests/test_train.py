@@ -225,6 +225,47 @@ def test_resume_restores_step_architecture_and_continues_exactly(tiny_data):
         torch.testing.assert_close(resumed["model"][key], value, rtol=0, atol=1e-6)
 
 
+def test_loader_workers_draw_the_same_batches_whatever_their_number_and_on_resume(tiny_data):
+    # --loader-workers seeds each step's batch by (seed, step): two workers straight through
+    # and one worker stopped and resumed train the same weights
+    straight, split = tiny_data / "straight", tiny_data / "split"
+    for root in (straight, split):
+        root.mkdir()
+        (root / "data").symlink_to(tiny_data / "data")
+    main(_args(straight, "--steps", "3", "--loader-workers", "2", "--device", "auto"))
+    main(_args(split, "--steps", "1", "--loader-workers", "1"))
+    main(_args(split, "--steps", "3", "--loader-workers", "1", "--resume"))
+    resumed = torch.load(split / "ckpt" / "tiny.pt", weights_only=True)
+    reference = torch.load(straight / "ckpt" / "tiny.pt", weights_only=True)
+    assert resumed["step"] == reference["step"] == 3
+    for key, value in reference["model"].items():
+        torch.testing.assert_close(resumed["model"][key], value, rtol=0, atol=1e-6)
+    # and they are not the batches of the run's own stream (--loader-workers 0)
+    own = tiny_data / "own"
+    own.mkdir()
+    (own / "data").symlink_to(tiny_data / "data")
+    main(_args(own, "--steps", "3"))
+    other = torch.load(own / "ckpt" / "tiny.pt", weights_only=True)["model"]
+    assert any(not torch.equal(other[k], v) for k, v in reference["model"].items())
+
+
+def test_device_auto_is_the_cpu_without_cuda_and_cuda_says_what_is_missing(monkeypatch):
+    from dpe.train import resolve_device
+    from dpe.training.runtime import Processes
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu") == resolve_device("cpu")
+    with pytest.raises(ValueError, match="sees no CUDA device"):
+        resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    # several processes average their gradients on the CPU: auto stays there, cuda is refused
+    assert resolve_device("auto", Processes(rank=0, world=2)) == torch.device("cpu")
+    with pytest.raises(ValueError, match="trains in one process"):
+        resolve_device("cuda:0", Processes(rank=0, world=2))
+    with pytest.raises(ValueError, match="device must be"):
+        TrainConfig(device="tpu")
+
+
 def test_export_writes_loadable_fp16_weights_with_metadata(tmp_path):
     torch.manual_seed(0)
     model = DPENet(width=8)

@@ -42,7 +42,8 @@ def atomic_save(save, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def hardware() -> str:
+def hardware(device: str = "cpu") -> str:
+    """The CPU (and the GPU, when ``device`` is one), torch's threads and version."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -51,7 +52,10 @@ def hardware() -> str:
                 break
     except OSError:
         pass
-    return f"{cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    gpu = ""
+    if str(device).startswith("cuda"):
+        gpu = f"{torch.cuda.get_device_name(torch.device(device))}, "
+    return f"{gpu}{cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
 
 
 def data_summary(folder: Path, tiles: dict) -> dict:

@@ -159,6 +159,43 @@ def to_batch(images: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()  # (B, 3, H, W)
 
 
+class StepBatches(torch.utils.data.Dataset):
+    """Item ``step`` is the training batch of that step, drawn from a stream seeded by
+    ``(seed, step)`` alone: the same batch whichever loader worker makes it, and a resumed run
+    draws what it would have drawn (``python -m dpe.train --loader-workers N``)."""
+
+    def __init__(self, tiles: Tiles, config, make_batch):
+        self.tiles, self.config, self.make_batch = tiles, config, make_batch
+
+    def __getitem__(self, step: int):
+        rng = np.random.default_rng([self.config.seed, step])
+        return self.make_batch(self.tiles, self.config, rng)
+
+
+def _one_thread(worker_id: int) -> None:
+    torch.set_num_threads(1)  # each worker one core; the workers together fill the machine
+
+
+def step_loader(
+    tiles: Tiles, config, make_batch, first_step: int, workers: int, pin_memory: bool = False
+):
+    """Batches for steps ``first_step``, ``first_step + 1``, ... made ahead by ``workers``
+    processes (torch's DataLoader, spawned: no fork of a process that holds threads or CUDA)."""
+    import itertools
+
+    return torch.utils.data.DataLoader(
+        StepBatches(tiles, config, make_batch),
+        batch_size=None,  # each item is already a batch
+        sampler=itertools.count(first_step),
+        num_workers=workers,
+        multiprocessing_context="spawn" if workers else None,
+        worker_init_fn=_one_thread if workers else None,
+        persistent_workers=bool(workers),
+        prefetch_factor=4 if workers else None,
+        pin_memory=pin_memory,
+    )
+
+
 @dataclass
 class ValidationSet:
     low: list[torch.Tensor]  # (1, 3, H, W) each
@@ -217,10 +254,11 @@ def validate(model: nn.Module, val: ValidationSet, select: str = "mean") -> floa
     from dpe.metrics import psnr
 
     model.eval()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     scores: dict[str, list[float]] = {}
     groups = val.groups or ["all"] * len(val.low)
     for low, clean, group in zip(val.low, val.clean, groups, strict=True):
-        out = model(low)[0].permute(1, 2, 0).clamp(0, 1).numpy()  # (H, W, 3)
+        out = model(low.to(device))[0].permute(1, 2, 0).clamp(0, 1).cpu().numpy()  # (H, W, 3)
         scores.setdefault(group, []).append(min(psnr(clean, out), 60.0))
     model.train()
     if select == "worst":
