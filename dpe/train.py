@@ -74,10 +74,12 @@ from dpe.training.samples import (
     crop_of_degraded_tile,
     draw_preset,
     draw_tile,
+    group_scores,
     load_tiles,
     load_validation,
     sample_patch,
     step_loader,
+    summarise,
     validate,
 )
 
@@ -599,7 +601,8 @@ class Run:
             self.history.append([self.step, None])
             return
         scored = self.ema if self.ema is not None else self.model
-        score = validate(scored, self.val, self.config.select)
+        by_group = group_scores(scored, self.val)
+        score = summarise(by_group, self.config.select)
         self.history.append([self.step, score])
         improved = score > self.best
         if improved:  # a scratch run's step-0 score becomes the bar to beat, nothing is exported
@@ -612,8 +615,10 @@ class Run:
             if exported
             else f"best {self.best:.2f} dB at step {self.best_step}"
         )
+        groups = ", ".join(f"{g} {np.mean(v):.2f}" for g, v in sorted(by_group.items()))
         self.progress.log(
             f"step {self.step}: val PSNR {score:.2f} dB (input {self.val.input_psnr:.2f}); {note}"
+            f"\n  by group: {groups}"
         )
 
     def metadata(self, score: float) -> dict:

@@ -225,7 +225,9 @@ def test_resume_restores_step_architecture_and_continues_exactly(tiny_data):
         torch.testing.assert_close(resumed["model"][key], value, rtol=0, atol=1e-6)
 
 
-def test_loader_workers_draw_the_same_batches_whatever_their_number_and_on_resume(tiny_data):
+def test_loader_workers_draw_the_same_batches_whatever_their_number_and_on_resume(
+    tiny_data, capsys
+):
     # --loader-workers seeds each step's batch by (seed, step): two workers straight through
     # and one worker stopped and resumed train the same weights
     straight, split = tiny_data / "straight", tiny_data / "split"
@@ -233,6 +235,8 @@ def test_loader_workers_draw_the_same_batches_whatever_their_number_and_on_resum
         root.mkdir()
         (root / "data").symlink_to(tiny_data / "data")
     main(_args(straight, "--steps", "3", "--loader-workers", "2", "--device", "auto"))
+    log = capsys.readouterr().err
+    assert "on cpu" in log and "by group: cells " in log and ", xray " in log  # each group's mean
     main(_args(split, "--steps", "1", "--loader-workers", "1"))
     main(_args(split, "--steps", "3", "--loader-workers", "1", "--resume"))
     resumed = torch.load(split / "ckpt" / "tiny.pt", weights_only=True)

@@ -247,10 +247,22 @@ def load_validation(folder: str | Path, config) -> ValidationSet:
     return val
 
 
-@torch.no_grad()
 def validate(model: nn.Module, val: ValidationSet, select: str = "mean") -> float:
     """Mean PSNR (dB) of the model's output over the validation set, or with ``"worst"`` the
     lowest of the per-group means (clean inputs capped at 60 dB, a group of their own)."""
+    return summarise(group_scores(model, val), select)
+
+
+def summarise(scores: dict[str, list[float]], select: str = "mean") -> float:
+    """The number :func:`validate` selects by, from :func:`group_scores`' scores."""
+    if select == "worst":
+        return float(min(np.mean(v) for v in scores.values()))
+    return float(np.mean([x for v in scores.values() for x in v]))
+
+
+@torch.no_grad()
+def group_scores(model: nn.Module, val: ValidationSet) -> dict[str, list[float]]:
+    """Each validation group's PSNRs (dB, capped at 60) of the model's outputs."""
     from dpe.metrics import psnr
 
     model.eval()
@@ -261,6 +273,4 @@ def validate(model: nn.Module, val: ValidationSet, select: str = "mean") -> floa
         out = model(low.to(device))[0].permute(1, 2, 0).clamp(0, 1).cpu().numpy()  # (H, W, 3)
         scores.setdefault(group, []).append(min(psnr(clean, out), 60.0))
     model.train()
-    if select == "worst":
-        return float(min(np.mean(v) for v in scores.values()))
-    return float(np.mean([x for v in scores.values() for x in v]))
+    return scores
