@@ -127,7 +127,7 @@ class GeneratorLoss(nn.Module):
         if obj.adversarial:
             if disc is None:
                 raise ValueError("the adversarial term needs the discriminator: pass disc=.")
-            ones = torch.ones(output.shape[0], 1)
+            ones = output.new_ones(output.shape[0], 1)  # on the output's device
             bce = F.binary_cross_entropy_with_logits(disc.logits(output), ones)
             terms["adversarial"] = obj.adversarial_weight * bce
         total = sum(terms.values())
@@ -146,7 +146,7 @@ def illumination_smoothness(illumination: torch.Tensor, reflectance: torch.Tenso
     Summed over the horizontal and vertical forward differences, each term a mean over pixels.
     ``illumination`` is (B, 1, H, W), ``reflectance`` (B, 3, H, W).
     """
-    weights = torch.tensor(LUMA, dtype=reflectance.dtype).view(1, 3, 1, 1)
+    weights = reflectance.new_tensor(LUMA).view(1, 3, 1, 1)
     gray = (reflectance * weights).sum(dim=1, keepdim=True)  # (B, 1, H, W)
     total = illumination.new_zeros(())
     for dim in (-1, -2):

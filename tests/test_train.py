@@ -270,6 +270,34 @@ def test_device_auto_is_the_cpu_without_cuda_and_cuda_says_what_is_missing(monke
         TrainConfig(device="tpu")
 
 
+@pytest.mark.parametrize(
+    "arch", ["dpenet", "dpeg2", "dran", "retinexnet-decom", "retinexnet-relight"]
+)
+def test_every_loss_and_network_keeps_to_the_device_of_its_inputs(arch):
+    # No GPU here, so "meta" stands in for CUDA: a tensor made on the CPU in the middle of a
+    # forward pass or a loss (torch.ones(n) instead of x.new_ones(n)) meets a meta tensor and
+    # raises "not on the expected device", as it would on a GPU. Reading a number out is the
+    # first thing meta cannot do; getting that far means every op agreed on the device.
+    from dpe.losses import RetinexLoss
+
+    meta = torch.device("meta")
+    name, _, stage = arch.partition("-")
+    net = build_net({"arch": name, "width": 8} if name != "retinexnet" else {"arch": name})
+    net.to(meta)
+    low, clean = torch.rand(2, 3, 32, 32, device=meta), torch.rand(2, 3, 32, 32, device=meta)
+    with pytest.raises((RuntimeError, NotImplementedError), match="meta") as failure:
+        if name == "retinexnet":
+            RetinexLoss(stage)(net, low, clean)
+        else:
+            disc = Discriminator().to(meta)
+            out = net(low)
+            d_loss = discriminator_loss(disc, clean, out, torch.Generator().manual_seed(0))
+            assert d_loss.device == meta
+            objective = TrainConfig(arch=name).objective()
+            GeneratorLoss(objective).to(meta)(out, clean, disc if objective.adversarial else None)
+    assert "expected device" not in str(failure.value), failure.value
+
+
 def test_export_writes_loadable_fp16_weights_with_metadata(tmp_path):
     torch.manual_seed(0)
     model = DPENet(width=8)
