@@ -231,6 +231,13 @@ class TrainConfig:
         given = (self.lr, self.beta1, self.beta2)
         return tuple(d if g is None else g for g, d in zip(given, ADAM[self.arch], strict=True))
 
+    def describe_lr(self) -> str:
+        """The lr schedule after the Adam lr, for logs and weight metadata ("" if constant)."""
+        if not self.decay_steps:
+            return ""
+        end = self.decay_start + self.decay_steps
+        return f"cosine to {self.lr_min:g} over steps {self.decay_start}-{end}"
+
     def describe_loss(self) -> str:
         """The objective as one line, for logs and weight metadata."""
         return self.recipe.describe_loss(self)
@@ -497,10 +504,7 @@ class Run:
         lr, *betas = config.adam()
         who = f"[process {procs.rank} of {procs.world}] " if procs.world > 1 else ""
         ema = f"; validated and exported: EMA of the weights, decay {config.ema:g}"
-        decay = (
-            f" (cosine to {config.lr_min:g} over steps {config.decay_start}-"
-            f"{config.decay_start + config.decay_steps})"
-        )
+        decay = f" ({config.describe_lr()})" if config.decay_steps else ""
         sources = f" {info['sources']}" if "sources" in info else ""
         split = f"; {procs.world} processes, {config.batch_size // procs.world} samples each"
         return (
@@ -508,7 +512,7 @@ class Run:
             f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params; "
             f"from {self.init_note}\n"
             f"  objective: {config.describe_loss()}\n"
-            f"  Adam: lr {lr:g}{decay if config.decay_steps else ''}, betas {tuple(betas)}"
+            f"  Adam: lr {lr:g}{decay}, betas {tuple(betas)}"
             f"{ema if config.ema else ''}\n"
             f"  data: {info['train_tiles']} train tiles, {len(self.val.low)} val images "
             f"(degraded input {self.val.input_psnr:.2f} dB); crop {config.crop}, "
@@ -642,9 +646,7 @@ class Run:
         info.update(batch_size=config.batch_size, lr=config.adam()[0])
         if config.decay_steps:
             info["lr_schedule"] = (
-                f"cosine to {config.lr_min:g} over steps {config.decay_start}-"
-                f"{config.decay_start + config.decay_steps}; lr at this step "
-                f"{get_lr(self.step, config):.3g}"
+                f"{config.describe_lr()}; lr at this step {get_lr(self.step, config):.3g}"
             )
         if procs.world > 1:
             info.update(

@@ -205,11 +205,17 @@ def _args(root, *extra):
     ]  # fmt: skip
 
 
-def test_resume_restores_step_architecture_and_continues_exactly(tiny_data):
-    straight, split = tiny_data / "straight", tiny_data / "split"
-    for root in (straight, split):
+def _run_roots(tiny_data, *names):
+    """A folder per run, each seeing the same tiny data (its own checkpoints and weights)."""
+    roots = [tiny_data / name for name in names]
+    for root in roots:
         root.mkdir()
         (root / "data").symlink_to(tiny_data / "data")
+    return roots
+
+
+def test_resume_restores_step_architecture_and_continues_exactly(tiny_data):
+    straight, split = _run_roots(tiny_data, "straight", "split")
     main(_args(straight, "--steps", "4"))
     main(_args(split, "--steps", "2"))
     first = torch.load(split / "ckpt" / "tiny.pt", weights_only=True)
@@ -230,10 +236,7 @@ def test_loader_workers_draw_the_same_batches_whatever_their_number_and_on_resum
 ):
     # --loader-workers seeds each step's batch by (seed, step): two workers straight through
     # and one worker stopped and resumed train the same weights
-    straight, split = tiny_data / "straight", tiny_data / "split"
-    for root in (straight, split):
-        root.mkdir()
-        (root / "data").symlink_to(tiny_data / "data")
+    straight, split = _run_roots(tiny_data, "straight", "split")
     main(_args(straight, "--steps", "3", "--loader-workers", "2", "--device", "auto"))
     log = capsys.readouterr().err
     assert "on cpu" in log and "by group: cells " in log and ", xray " in log  # each group's mean
@@ -245,9 +248,7 @@ def test_loader_workers_draw_the_same_batches_whatever_their_number_and_on_resum
     for key, value in reference["model"].items():
         torch.testing.assert_close(resumed["model"][key], value, rtol=0, atol=1e-6)
     # and they are not the batches of the run's own stream (--loader-workers 0)
-    own = tiny_data / "own"
-    own.mkdir()
-    (own / "data").symlink_to(tiny_data / "data")
+    (own,) = _run_roots(tiny_data, "own")
     main(_args(own, "--steps", "3"))
     other = torch.load(own / "ckpt" / "tiny.pt", weights_only=True)["model"]
     assert any(not torch.equal(other[k], v) for k, v in reference["model"].items())
@@ -340,6 +341,8 @@ def test_lr_is_constant_by_default_and_cosine_decays_from_the_given_step():
     assert lrs[100] == pytest.approx((2e-4 + 1e-5) / 2)  # halfway down a cosine
     assert all(a >= b for a, b in zip(lrs[50:], lrs[51:], strict=False))
     assert lrs[150:] == [pytest.approx(1e-5)] * 50  # at the floor, and it stays there
+    assert decay.describe_lr() == "cosine to 1e-05 over steps 50-150"
+    assert constant.describe_lr() == ""
     warm = TrainConfig(lr=1e-3, warmup_steps=4, decay_steps=10)
     assert get_lr(1, warm) == pytest.approx(5e-4) and get_lr(4, warm) < 1e-3
     with pytest.raises(ValueError, match="decay_steps"):
@@ -354,10 +357,7 @@ def _baseline_args(root, arch, *extra):
 
 @pytest.mark.parametrize("arch", ["dran", "retinexnet"])
 def test_baseline_resume_continues_exactly_with_arch_from_the_checkpoint(tiny_data, arch):
-    straight, split = tiny_data / "straight", tiny_data / "split"
-    for root in (straight, split):
-        root.mkdir()
-        (root / "data").symlink_to(tiny_data / "data")
+    straight, split = _run_roots(tiny_data, "straight", "split")
     # RetinexNet: two decomposition steps, then two relight steps; the split falls between
     main(_baseline_args(straight, arch, "--decom-steps", "2", "--steps", "4"))
     main(_baseline_args(split, arch, "--decom-steps", "2", "--steps", "2"))
@@ -448,10 +448,7 @@ def test_update_ema_averages_weights_and_zero_decay_copies():
 
 
 def test_ema_run_validates_and_exports_the_average_and_resumes_exactly(tiny_data):
-    straight, split = tiny_data / "straight", tiny_data / "split"
-    for root in (straight, split):
-        root.mkdir()
-        (root / "data").symlink_to(tiny_data / "data")
+    straight, split = _run_roots(tiny_data, "straight", "split")
     main(_args(straight, "--steps", "4", "--ema", "0.5"))
     main(_args(split, "--steps", "2", "--ema", "0.5"))
     main(_args(split, "--steps", "4", "--ema", "0.5", "--resume"))
